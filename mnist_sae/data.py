@@ -6,6 +6,7 @@ uint8 pixels (I = 784, row-major 28x28) and uint8 labels 0..9.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -86,6 +87,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles made by Python 3 store array bytes through it
     }
 
     def find_class(self, module, name):
@@ -93,6 +95,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays may be unpickled")
         if name == "_reconstruct":
             return np._core.multiarray._reconstruct  # numpy 2 moved numpy.core to numpy._core
+        if module == "_codecs":
+            return codecs.encode
         return getattr(np, name)
 
 

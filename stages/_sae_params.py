@@ -1,0 +1,95 @@
+"""The `sae:` section of params.yaml, shared by the calibrate and train_sae stages.
+
+Both stages validate the whole section (so a typo anywhere in it fails either one); each lists in
+dvc.yaml only the keys it actually reads. `lambda` is a Python keyword, so the field is `lam` and
+this module maps the name both ways (messages still say `sae.lambda`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mnist_sae.sae import ARCHS, STES, SAEConfig
+from mnist_sae.sae_train import TrainSettings
+from stages._common import NON_NEGATIVE, POSITIVE, ParamError, choice, load_params, rule
+
+
+@dataclass(frozen=True)
+class CalibrationParams:
+    lambda_min: float = field(metadata=POSITIVE)  # smallest lambda of the geometric grid
+    lambda_max: float = field(metadata=POSITIVE)  # largest lambda of the grid
+    num: int = field(metadata=rule(lambda v: v >= 2, ">= 2"))  # grid points, trained at once as one batched model
+    epochs: int = field(metadata=POSITIVE)  # epochs per grid point
+    refine: int = field(metadata=NON_NEGATIVE)  # bisection steps in log-lambda around the best grid point
+    batch_size: int = field(metadata=POSITIVE)  # minibatch size while calibrating
+
+    def validate(self, prefix: str) -> None:
+        if self.lambda_min >= self.lambda_max:
+            raise ParamError(f"{prefix}.lambda_min = {self.lambda_min}: must be < lambda_max = {self.lambda_max}")
+
+
+@dataclass(frozen=True)
+class SAEParams:
+    arch: str = field(metadata=choice(*ARCHS))  # jumprelu (MSE + lambda L0) | relu (MSE + lambda L1) | topk (+ AuxK)
+    n_latents: int = field(metadata=POSITIVE)  # dictionary size F
+    target_l0: float = field(metadata=POSITIVE)  # mean active latents per example that calibration aims at
+    lam: float | None = field(metadata=POSITIVE)  # `lambda`: sparsity coefficient; null = the calibrated one
+    ste: str = field(metadata=choice(*STES))  # jumprelu gate gradient: sigmoid surrogate | rectangle (Rajamanoharan 2024)
+    tau: float = field(metadata=POSITIVE)  # sigmoid surrogate temperature
+    bandwidth: float = field(metadata=POSITIVE)  # rectangle kernel width epsilon
+    theta_init: float = field(metadata=POSITIVE)  # initial JumpReLU threshold
+    epochs: int = field(metadata=POSITIVE)  # train_sae epochs
+    lr: float = field(metadata=POSITIVE)  # Adam learning rate (calibration too)
+    batch_size: int = field(metadata=POSITIVE)  # train_sae minibatch size
+    seed: int = field(metadata=NON_NEGATIVE)  # init and batch order (calibration too)
+    theta_shift: bool  # jumprelu: after training shift all thresholds by one delta so val L0 = target
+    kl_coef: float = field(metadata=NON_NEGATIVE)  # weight of KL(softmax(y) || softmax(y_hat)); logit site only
+    k: int | None = field(metadata=POSITIVE)  # topk: active latents per example; null = round(target_l0)
+    aux_k: int = field(metadata=POSITIVE)  # topk: dead latents used by the AuxK loss
+    aux_coef: float = field(metadata=NON_NEGATIVE)  # topk: AuxK loss weight (Gao et al. 2024: 1/32)
+    dead_steps: int = field(metadata=POSITIVE)  # topk: steps without firing after which a latent is dead
+    log_every: int = field(metadata=POSITIVE)  # train_sae: steps per logged point of the training curves
+    calibration: CalibrationParams
+
+    def validate(self, prefix: str) -> None:
+        if self.target_l0 > self.n_latents:
+            raise ParamError(f"{prefix}.target_l0 = {self.target_l0}: must be <= n_latents = {self.n_latents}")
+        if self.arch == "topk" and self.top_k() > self.n_latents:
+            raise ParamError(f"{prefix}.k = {self.top_k()}: must be <= n_latents = {self.n_latents}")
+        if self.arch == "topk" and self.top_k() < 1:
+            raise ParamError(f"{prefix}.target_l0 = {self.target_l0}: rounds to k = 0; set sae.k")
+        if self.aux_k > self.n_latents:
+            raise ParamError(f"{prefix}.aux_k = {self.aux_k}: must be <= n_latents = {self.n_latents}")
+
+    def top_k(self) -> int:
+        return self.k if self.k is not None else int(round(self.target_l0))
+
+    def config(self, d_in: int) -> SAEConfig:
+        return SAEConfig(arch=self.arch, d_in=d_in, n_latents=self.n_latents, ste=self.ste, tau=self.tau,
+                         bandwidth=self.bandwidth, theta_init=self.theta_init,
+                         k=min(self.top_k(), self.n_latents) if self.arch == "topk" else 1, aux_k=self.aux_k)
+
+    def settings(self, epochs: int, batch_size: int) -> TrainSettings:
+        return TrainSettings(lr=self.lr, epochs=epochs, batch_size=batch_size, kl_coef=self.kl_coef,
+                             aux_coef=self.aux_coef, dead_steps=self.dead_steps, log_every=self.log_every)
+
+
+def load_sae_params(raw: dict) -> SAEParams:
+    """params.yaml's `sae` section, validated (`lambda` read into the field `lam`)."""
+    node = raw.get("sae")
+    if isinstance(node, dict):
+        if "lam" in node:
+            raise ParamError("sae.lam: unknown key; the sparsity coefficient is sae.lambda")
+        node = {("lam" if k == "lambda" else k): v for k, v in node.items()}
+        raw = {**raw, "sae": node}
+    try:
+        return load_params(SAEParams, "sae", raw)
+    except ParamError as e:
+        raise ParamError(str(e).replace("sae.lam:", "sae.lambda:").replace("sae.lam ", "sae.lambda ")
+                         .replace(", lam,", ", lambda,")) from None
+
+
+def check_site(p: SAEParams, info: dict) -> None:
+    """Cross-checks against the collected data (known only once the stage has read info.json)."""
+    if p.kl_coef > 0 and info["site"] != "logits":
+        raise ParamError(f"sae.kl_coef = {p.kl_coef}: the KL term needs collect.site = logits (got {info['site']!r}); set 0.0")

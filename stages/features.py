@@ -1,0 +1,83 @@
+"""features: what each live latent of the trained SAE means (firing, labels, top-k, logit effect,
+input pattern, a one-line hypothesis) -> a JSON report, a metrics summary and one PNG per latent.
+
+    python -m stages.features PREPARED_DIR FFN_PT COLLECTED_DIR SAE_PT REPORT_JSON METRICS_JSON PLOTS_DIR
+"""
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_sae import feature_plots, features
+from mnist_sae.ffn import FFN
+from mnist_sae.sae import SAE
+from stages._common import (DataError, POSITIVE, atomic_path, choice, load_device, load_params, load_prepared,
+                            load_torch, run, save_figure, setup_torch, write_json, write_text)
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    split: str = field(metadata=choice("train", "val", "test"))  # examples for firing stats, top-k and input patterns
+    top_k: int = field(metadata=POSITIVE)  # top activating examples per latent (pictures, input-pattern average)
+
+
+def load_site(collected: Path, split: str):
+    """(info, acts_ND memmap, labels_N, mean_D, std_D) of the collect stage's output."""
+    paths = [collected / n for n in ("info.json", f"{split}_acts.npy", f"{split}_labels.npy", "mean_D.npy", "std_D.npy")]
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: not found; run `dvc repro collect`")
+    info = json.loads(paths[0].read_text())
+    acts_ND, labels_N, mean_D, std_D = (np.load(p, mmap_mode="r") for p in paths[1:])
+    if acts_ND.ndim != 2 or acts_ND.shape[1] != info["d"] or labels_N.shape != (acts_ND.shape[0],):
+        raise DataError(f"{paths[1]}: expected [N, {info['d']}] with {paths[2].name} [N], got {acts_ND.shape}, {labels_N.shape}")
+    return info, acts_ND, labels_N, mean_D, std_D
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    for name in ("prepared", "ffn_pt", "collected", "sae_pt", "report_json", "metrics_json", "plots_dir"):
+        parser.add_argument(name)
+    args = parser.parse_args()
+    p = load_params(FeaturesParams, "features")
+    device = load_device()
+    setup_torch(0)  # nothing here draws random numbers; deterministic kernels and threads only
+
+    info, acts_ND, labels_N, mean_D, std_D = load_site(Path(args.collected), p.split)
+    x_NI, y_N = load_prepared(args.prepared, p.split)
+    if not np.array_equal(y_N, labels_N):
+        raise DataError(f"{args.collected}/{p.split}_labels.npy does not match {args.prepared}/y_{p.split}.npy; rerun collect")
+    ffn = FFN.from_checkpoint(load_torch(args.ffn_pt)).to(device).requires_grad_(False)
+    sae = SAE.from_checkpoint(load_torch(args.sae_pt)["sae"]).to(device).requires_grad_(False)
+
+    z_ND = torch.from_numpy(np.array(acts_ND, dtype=np.float32))
+    mean_D, std_D = torch.from_numpy(np.array(mean_D)), torch.from_numpy(np.array(std_D))
+    if info["normalize"]:
+        z_ND = (z_ND - mean_D) / std_D
+    else:
+        mean_D = std_D = None
+    records = features.analyse(sae, ffn, info["site"], z_ND, x_NI, labels_N, p.top_k, mean_D, std_D)
+
+    report = {"site": info["site"], "split": p.split, "n_examples": int(len(labels_N)),
+              "n_latents": sae.cfg.n_latents, "n_live": len(records), "top_k": p.top_k}
+    # one latent per line: readable, diffable, and a 512-latent report stays a few MB
+    lines = [json.dumps(r, sort_keys=True) for r in records]
+    head = json.dumps(report, sort_keys=True)[:-1]
+    write_text(args.report_json, head + ', "latents": [\n' + ",\n".join(lines) + "\n]}\n")
+    write_json(args.metrics_json, {"split": p.split, **features.summary(records, sae.cfg.n_latents)})
+
+    with atomic_path(args.plots_dir) as out:
+        out.mkdir()
+        for r in records:
+            images_KI = x_NI[[ex["index"] for ex in r["top_k"]]]
+            save_figure(out / f"latent_{r['latent']:04d}.png", feature_plots.latent_figure(r, images_KI))
+        title = f"{info['site']} site, {p.split} split: label share when active, {len(records)} live of {sae.cfg.n_latents}"
+        save_figure(out / "overview.png", feature_plots.overview_figure(records, title))
+
+
+if __name__ == "__main__":
+    run(main)

