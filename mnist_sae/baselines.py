@@ -1,6 +1,11 @@
-"""Reference dictionaries for the SAE: PCA, k-means, random and class directions, at matched k.
+"""Is the SAE any good? Its reference class at matched sparsity k, scored by the same metrics.
 
-Every method here is a dictionary with a fixed encoder; all reconstruct the same way as an SAE,
+Sections: the reference dictionaries (below); `SiteData` (one site's train/val/eval data);
+`score` (one method at one k: metrics.fidelity + purity, activation and decoder-cosine
+distributions, shrinkage, probe); the SAE family trained at each k with mnist_sae.sae_train;
+`run_baselines` (everything); outputs (JSON, markdown with a generated reading, plot data, figures).
+
+Every reference method here is a dictionary with a fixed encoder; all reconstruct the same way as an SAE,
 
     z_hat_ND = b_D + a_NF @ W_dec_FD
 
@@ -598,12 +603,28 @@ def _theory(rows: list[dict]) -> list[str]:
     return out
 
 
+def _headline(rows: list[dict]) -> list[str]:
+    """The main SAE against every method at the k nearest its own L0: is its MSE impressive?"""
+    main = next((r for r in rows if r["method"] == "sae_main"), None)
+    ks = sorted({r["k"] for r in rows if r["method"] != "sae_main"})
+    if main is None or not ks:
+        return []
+    k = min(ks, key=lambda v: abs(v - main["l0"]))
+    others = [r for r in rows if r["k"] == k and r["method"] != "sae_main" and is_matched(r)]
+    better = [r["method"] for r in others if r["mse_norm"] < main["mse_norm"]]
+    parts = ", ".join(f"{r['method']} {r['mse_norm']:.4f}" for r in others)
+    return [f"The main SAE (L0 {main['l0']:.2f}): normalized MSE {main['mse_norm']:.4f}, CE recovered "
+            f"{_fmt(main['ce_recovered'], '.3f')}, accuracy {main['acc_recon']:.4f}. At k = {k}: {parts}. "
+            f"Lower MSE than the main SAE: {', '.join(better) if better else 'none'}.", ""]
+
+
 def markdown_report(res: Results, header: dict, notes: list[str]) -> str:
     """metrics/BASELINES.md: a settings line, one table per k, the reading, references, theory."""
     rows = _sorted_rows(res.rows)
     ks = sorted({r["k"] for r in rows if r["method"] not in ("kmeans", "sae_main")})
     out = ["# Baselines: the SAE against its reference class", ""]
     out += [f"- {key}: {v}" for key, v in header.items()] + [f"- {n}" for n in notes] + [""]
+    out += _headline(rows)
     if res.probe_raw_acc is not None:
         out += [f"Probe on the raw site activations: accuracy {res.probe_raw_acc:.4f}.", ""]
     for k in ks:
@@ -648,11 +669,11 @@ def frontier_figure(res: Results):
         mrows = [r for r in _sorted_rows(res.rows) if r["method"] == method]
         if not mrows:
             continue
-        style = "o-" if method.startswith("sae") else "s--"
+        style, ms = ("*", 12) if method == "sae_main" else ("o-", 4) if method.startswith("sae") else ("s--", 4)
         for ax, key in zip(axes, ("mse_norm", "ce_recovered", "purity_top", "purity_sampled")):
             pts = [(r["l0"], r[key]) for r in mrows if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), style, label=method, ms=4)
+                ax.plot(*zip(*pts), style, label=method, ms=ms)
     for ax, title in zip(axes, ("normalized MSE (lower is better)", "CE recovered", "purity of top activations",
                                 "purity of sampled activations")):
         ax.set_xlabel("L0 (active latents per example)")
@@ -681,7 +702,8 @@ def histogram_figure(res: Results, key: str, k: int, title: str, welch: bool = F
         vals = res.dists[name][key].numpy()
         if vals.size:
             ax.hist(vals, bins=50, color="C0" if name.startswith("sae") else "C1")
-        if welch:
+        if welch:  # cosines: one x range for all panels, the Welch bound at +-
+            ax.set_xlim(-1.05, 1.05)
             for s in (-1, 1):
                 ax.axvline(s * rows[name]["welch_bound"], color="k", ls=":", lw=1)
         ax.set_title(f"{name} (n={vals.size})", fontsize=9)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mnist_sae import metrics
 from mnist_sae.ffn import FFN, pixels_to_float
 
 N_CLASSES = 10
@@ -73,13 +74,15 @@ class LatentStats:
 
 
 @torch.no_grad()
-def latent_stats(sae, z_ND: torch.Tensor, labels_N: torch.Tensor, top_k: int,
-                 chunk: int = 4096) -> LatentStats:
-    """Encode z_ND in chunks and accumulate firing counts, activation sums, label histograms and
-    the top-k activating examples of every latent (ties broken by the lower example index)."""
-    n = z_ND.shape[0]
+def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, mean_D: torch.Tensor | None = None,
+                 std_D: torch.Tensor | None = None, chunk: int = 4096) -> LatentStats:
+    """Encode z = (y - mean) / std (z = y when mean/std are None) in chunks and accumulate firing
+    counts, activation sums, label histograms and the top-k activating examples of every latent
+    (ties broken by the lower example index). y_ND: raw site activations, a tensor or an array
+    (a memmap is read one chunk at a time, so a wide hidden site never sits in memory whole)."""
+    n = y_ND.shape[0]
     if labels_N.shape != (n,):
-        raise ValueError(f"latent_stats: labels {tuple(labels_N.shape)} do not match z {tuple(z_ND.shape)}")
+        raise ValueError(f"latent_stats: labels {tuple(labels_N.shape)} do not match acts {tuple(y_ND.shape)}")
     if top_k < 1:
         raise ValueError(f"latent_stats: top_k must be >= 1, got {top_k}")
     W_dec_FD = sae.W_dec_GFD[0]
@@ -91,7 +94,11 @@ def latent_stats(sae, z_ND: torch.Tensor, labels_N: torch.Tensor, top_k: int,
     top_act_FK = torch.zeros(n_latents, 0, device=device)
     top_idx_FK = torch.zeros(n_latents, 0, dtype=torch.int64, device=device)
     for start in range(0, n, chunk):
-        z_BD = z_ND[start:start + chunk].to(device=device, dtype=torch.float32)
+        rows = y_ND[start:start + chunk]
+        rows = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.array(rows, dtype=np.float32))
+        z_BD = rows.to(device=device, dtype=torch.float32)
+        if mean_D is not None:
+            z_BD = (z_BD - mean_D) / std_D
         a_BF = sae.encode(z_BD)[0]
         active_BF = a_BF != 0
         n_active_F += active_BF.sum(0)
@@ -163,8 +170,13 @@ def input_patterns(sae, fn, x_NI: np.ndarray | torch.Tensor, top_idx_FK: torch.T
     return (grad_LI / count_L[:, None]).float()
 
 
+def _amount(v: float) -> str:
+    """3.14 -> "3.1", 4.0 -> "4.0", 0.0183 -> "0.018": one decimal, two significant digits below 1."""
+    return f"{v:.1f}" if abs(v) >= 1 else f"{v:.2g}"
+
+
 def hypothesis(label_counts_C, effect_O, firing_rate: float) -> str:
-    """One line from the numbers, e.g. "fires on 6s (94%); raises logit 6 by 3.1" (2 significant digits).
+    """One line from the numbers, e.g. "fires on 6s (94%); raises logit 6 by 3.1".
 
     Label part: purity >= 80% -> "fires on 6s (94%)"; two classes >= 80% together -> "fires on 6s
     (60%) and 5s (30%)"; otherwise "polysemantic: ..." with the three largest classes. Prefixed
@@ -197,15 +209,15 @@ def hypothesis(label_counts_C, effect_O, firing_rate: float) -> str:
     if scale < 1e-6:
         does = "no effect on the logits"
     elif raises and lowers:
-        does = f"raises logit {up} by {effect[up]:.2g}, lowers logit {down} by {-effect[down]:.2g}"
+        does = f"raises logit {up} by {_amount(effect[up])}, lowers logit {down} by {_amount(-effect[down])}"
     elif raises:
-        does = f"raises logit {up} by {effect[up]:.2g}"
+        does = f"raises logit {up} by {_amount(effect[up])}"
     else:
-        does = f"inhibitory: lowers logit {down} by {-effect[down]:.2g}"
+        does = f"inhibitory: lowers logit {down} by {_amount(-effect[down])}"
     return f"{what}; {does}"
 
 
-def _round(v: float, digits: int = 4) -> float:
+def _round(v: float, digits: int = 3) -> float:
     return float(f"{v:.{digits}g}")
 
 
@@ -214,12 +226,12 @@ def build_report(stats: LatentStats, effect_FO: torch.Tensor, pattern_LI: torch.
     """One record per latent in latents_L (the live ones), sorted by firing rate (descending;
     ties by latent index). Keys: latent, firing_rate, n_active, mean_activation, max_activation,
     label_counts, mode, purity, top_k [{index, activation, label}], logit_effect [O],
-    input_pattern [28][28] (4 significant digits), hypothesis."""
+    input_pattern [28][28] (3 significant digits), hypothesis."""
     labels_N = np.asarray(labels_N)
+    purity_F = metrics.label_purity(stats.label_counts_FC)
     records = []
     for row, f in enumerate(latents_L.tolist()):
         counts = stats.label_counts_FC[f]
-        total = int(counts.sum())
         top = [{"index": int(i), "activation": float(a), "label": int(labels_N[i])}
                for i, a in zip(stats.top_idx_FK[f].tolist(), stats.top_act_FK[f].tolist()) if i >= 0]
         rate = float(stats.firing_rate_F[f])
@@ -231,7 +243,7 @@ def build_report(stats: LatentStats, effect_FO: torch.Tensor, pattern_LI: torch.
             "max_activation": float(stats.max_act_F[f]),
             "label_counts": [int(c) for c in counts],
             "mode": int(counts.argmax()),
-            "purity": float(counts.max()) / max(total, 1),
+            "purity": float(purity_F[f]),
             "top_k": top,
             "logit_effect": [float(e) for e in effect_FO[f]],
             "input_pattern": [[_round(v) for v in r] for r in pattern_LI[row].view(SIDE, SIDE).tolist()],
@@ -241,30 +253,32 @@ def build_report(stats: LatentStats, effect_FO: torch.Tensor, pattern_LI: torch.
     return records
 
 
-def summary(records: list[dict], n_latents: int) -> dict:
-    """Small numbers for `dvc metrics`: live count and label purity over live latents,
-    plain mean and weighted by firing count (= share of all firings that land on the firing
-    latent's mode class)."""
-    n_active = np.array([r["n_active"] for r in records], dtype=np.float64)
-    purity = np.array([r["purity"] for r in records], dtype=np.float64)
+def summary(stats: LatentStats) -> dict:
+    """Small numbers for `dvc metrics`: live latents on the split, label purity (metrics.label_purity)
+    averaged over live latents, pooled over all firings, and the number of latents >= 80% pure."""
+    purity_F = metrics.label_purity(stats.label_counts_FC)
     return {
-        "n_latents": n_latents,
-        "n_live": len(records),
-        "mean_purity": float(purity.mean()) if len(records) else 0.0,
-        "weighted_purity": float((purity * n_active).sum() / n_active.sum()) if len(records) else 0.0,
-        "n_pure_80": int((purity >= 0.8).sum()),
+        "n_latents": int(len(purity_F)),
+        "n_live": int(stats.live_F.sum()),
+        # None (JSON null) rather than NaN when nothing fires: NaN is not JSON
+        "mean_purity": metrics.live_mean(purity_F) if stats.live_F.any() else None,
+        "pooled_purity": metrics.pooled_label_purity(stats.label_counts_FC) if stats.live_F.any() else None,
+        "n_pure_80": int((purity_F[stats.live_F] >= 0.8).sum()),
     }
 
 
-def analyse(sae, ffn: FFN, site: str, z_ND: torch.Tensor, x_NI, labels_N, top_k: int,
-            mean_D: torch.Tensor | None = None, std_D: torch.Tensor | None = None) -> list[dict]:
-    """The report of build_report for every live latent of `sae` (G = 1) on one split.
+def analyse(sae, ffn: FFN, site: str, y_ND, x_NI, labels_N, top_k: int,
+            mean_D: torch.Tensor | None = None, std_D: torch.Tensor | None = None) -> tuple[list[dict], dict]:
+    """(records, summary): build_report for every live latent of `sae` (G = 1) on one split and
+    its summary numbers.
 
-    z_ND: the SAE's inputs of the split (normalized when mean/std are given, as the SAE saw them);
-    x_NI: the same examples' uint8 pixels [N, 784]; labels_N: their labels; mean_D/std_D: the
-    site's normalization (None when not normalized). sae and ffn live on the same device.
+    y_ND: the split's raw site activations (tensor, array or memmap); x_NI: the same examples'
+    uint8 pixels [N, 784]; labels_N: their labels; mean_D/std_D: the site's normalization, the SAE
+    reads z = (y - mean) / std (None when not normalized). sae and ffn live on the same device.
     """
-    n, d = z_ND.shape
+    n, d = y_ND.shape
+    if sae.W_dec_GFD.shape[0] != 1:
+        raise ValueError(f"analyse: expected a single SAE (G = 1), got G = {sae.W_dec_GFD.shape[0]}; use sae.select(g)")
     W_dec_FD = sae.W_dec_GFD[0]
     device = W_dec_FD.device
     if W_dec_FD.shape[1] != d:
@@ -275,10 +289,10 @@ def analyse(sae, ffn: FFN, site: str, z_ND: torch.Tensor, x_NI, labels_N, top_k:
     labels_N = torch.from_numpy(np.array(labels_N, dtype=np.int64))
     if mean_D is not None:
         mean_D, std_D = mean_D.to(device), std_D.to(device)
-    stats = latent_stats(sae, z_ND, labels_N, top_k)
+    stats = latent_stats(sae, y_ND, labels_N, top_k, mean_D, std_D)
     latents_L = torch.nonzero(stats.live_F).flatten()
     with torch.no_grad():
         effect_FO = logit_effects(W_dec_FD, stats.mean_act_F.to(device), std_D,
                                   ffn if site == "hidden" else None).cpu()
     pattern_LI = input_patterns(sae, site_fn(ffn, site, mean_D, std_D), x_NI, stats.top_idx_FK, latents_L)
-    return build_report(stats, effect_FO, pattern_LI, latents_L, labels_N.numpy())
+    return build_report(stats, effect_FO, pattern_LI, latents_L, labels_N.numpy()), summary(stats)

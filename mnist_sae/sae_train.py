@@ -30,7 +30,7 @@ class TrainSettings:
     kl_coef: float = 0.0  # weight of KL(softmax(y) || softmax(y_hat)), logit site only
     aux_coef: float = 1 / 32  # topk: weight of the AuxK loss (Gao et al. 2024)
     dead_steps: int = 1000  # topk: a latent that has not fired for this many steps is dead (AuxK)
-    sparsity_warmup: float = 0.0  # share of the run's steps over which the sparsity coefficient ramps up from 0
+    lr_decay: float = 0.0  # share of the run's last steps over which the learning rate decays linearly to 0
     log_every: int = 100  # steps between on_step calls
 
 
@@ -52,9 +52,9 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
 
     Minimises sum_G sae_loss(...)["total"] with Adam (fused) over minibatches of a fresh seeded
     permutation each epoch (the last partial batch is dropped). b_dec starts at the mean of z.
-    The sparsity coefficient ramps linearly from 0 over the first `sparsity_warmup` share of the
-    steps (the lambda warm-up of Gemma Scope, Lieberum et al. 2024), so latents find directions
-    before the L0 penalty can kill them.
+    The learning rate decays linearly to 0 over the last `lr_decay` share of the steps (as in
+    Anthropic's and Gao et al.'s SAE recipes): at batch 8 Adam's steps are noisy, and annealing
+    them settles the dictionary.
     `on_step(step, terms)` gets, every settings.log_every steps, the mean of each loss term over
     the window as a CPU tensor [G].
     """
@@ -75,7 +75,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     if steps_per_epoch == 0:
         raise ValueError(f"train_sae: batch_size {bs} > {n} examples")
     use_aux = cfg.arch == "topk"
-    warmup_steps = settings.sparsity_warmup * steps_per_epoch * settings.epochs
+    total_steps = steps_per_epoch * settings.epochs
+    decay_from = total_steps - int(settings.lr_decay * total_steps)  # first step with a reduced lr
     idle_GF = torch.zeros(G, cfg.n_latents, dtype=torch.long, device=device)  # steps since last fire
     history = TrainHistory()
     names, window, step = None, None, 0
@@ -91,11 +92,12 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                 fired_GF = (a_GBF.detach() != 0).any(1)
                 idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
                 aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
-            ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-            terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G * ramp if ramp < 1 else coef_G, kl_coef=settings.kl_coef,
+            terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, kl_coef=settings.kl_coef,
                              mean_D=mean_D, std_D=std_D, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if step >= decay_from:
+                opt.param_groups[0]["lr"] = settings.lr * (total_steps - step) / (total_steps - decay_from)
             opt.step()
             sae.normalize_decoder_()
             step += 1

@@ -40,6 +40,7 @@ class SAEParams:
     theta_init: float = field(metadata=POSITIVE)  # initial JumpReLU threshold
     epochs: int = field(metadata=POSITIVE)  # train_sae epochs
     lr: float = field(metadata=POSITIVE)  # Adam learning rate (calibration too)
+    lr_decay: float = field(metadata=rule(lambda v: 0 <= v <= 1, "a number in [0, 1]"))  # share of last steps with lr decaying to 0
     batch_size: int = field(metadata=POSITIVE)  # train_sae minibatch size
     seed: int = field(metadata=NON_NEGATIVE)  # init and batch order (calibration too)
     theta_shift: bool  # jumprelu: after training shift all thresholds by one delta so val L0 = target
@@ -71,7 +72,8 @@ class SAEParams:
 
     def settings(self, epochs: int, batch_size: int) -> TrainSettings:
         return TrainSettings(lr=self.lr, epochs=epochs, batch_size=batch_size, kl_coef=self.kl_coef,
-                             aux_coef=self.aux_coef, dead_steps=self.dead_steps, log_every=self.log_every)
+                             aux_coef=self.aux_coef, dead_steps=self.dead_steps, log_every=self.log_every,
+                             lr_decay=self.lr_decay)
 
 
 def load_sae_params(raw: dict) -> SAEParams:

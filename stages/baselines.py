@@ -43,6 +43,7 @@ class BaselinesParams:
     family: bool  # train the SAE family at each k (false: reference methods and the main SAE only)
     batch_size: int = field(metadata=POSITIVE)  # SAE family minibatch (larger than train_sae's, for speed)
     epochs: int = field(metadata=POSITIVE)  # SAE family epochs (calibration grid and final model)
+    lr: float = field(metadata=POSITIVE)  # SAE family Adam learning rate (larger batch, larger step)
     lambda_min: float = field(metadata=POSITIVE)  # geometric lambda grid of the family's calibration
     lambda_max: float = field(metadata=POSITIVE)
     lambda_num: int = field(metadata=rule(lambda v: v >= 2, ">= 2"))
@@ -85,7 +86,7 @@ def main():
     to_logits = (lambda y: y) if info["site"] == "logits" else FFN.from_checkpoint(load_torch(args.ffn_ckpt)).eval().head
     site = baselines.make_site(lambda s: load_collected(args.collected_dir, s), mean_D, std_D, info["normalize"],
                                p.eval_split, to_logits)
-    family = baselines.FamilySettings(lr=sp.lr, epochs=p.epochs, batch_size=p.batch_size,
+    family = baselines.FamilySettings(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size,
                                       lambdas=tuple(lambda_grid(p.lambda_min, p.lambda_max, p.lambda_num)),
                                       refine=p.refine, kl_coef=p.kl_coef, aux_coef=sp.aux_coef,
                                       dead_steps=p.dead_steps, shift_thresholds=p.shift_thresholds)
@@ -99,7 +100,7 @@ def main():
     header = {"site": info["site"], "d": info["d"], "normalize": info["normalize"], "n_latents": sp.n_latents,
               "eval_split": p.eval_split, "ks": p.k}
     notes = [f"fitted on train, SAE lambdas calibrated on val, scored on {p.eval_split}",
-             f"SAE family: batch {p.batch_size}, {p.epochs} epoch(s), lr {sp.lr}, lambda grid {p.lambda_num} points "
+             f"SAE family: batch {p.batch_size}, {p.epochs} epoch(s), lr {p.lr:g}, lambda grid {p.lambda_num} points "
              f"{p.lambda_min:g}..{p.lambda_max:g} trained at once + {p.refine} bisection steps (a smaller budget than "
              f"train_sae's; sae_main is the train_sae stage's SAE)" if p.family else "SAE family: not trained (baselines.family false)",
              f"purity: top {p.top_n} and {p.top_n} uniformly sampled activating examples per latent, mean over live "

@@ -16,7 +16,8 @@ from mnist_sae import feature_plots, features
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
 from stages._common import (DataError, POSITIVE, atomic_path, choice, load_device, load_params, load_prepared,
-                            load_torch, run, save_figure, setup_torch, write_json, write_text)
+                            load_torch, read_params_file, run, save_figure, setup_torch, write_json,
+                            write_text)
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ def main():
     for name in ("prepared", "ffn_pt", "collected", "sae_pt", "report_json", "metrics_json", "plots_dir"):
         parser.add_argument(name)
     args = parser.parse_args()
-    p = load_params(FeaturesParams, "features")
-    device = load_device()
+    raw = read_params_file()
+    p = load_params(FeaturesParams, "features", raw)
+    device = load_device(raw)
     setup_torch(0)  # nothing here draws random numbers; deterministic kernels and threads only
 
     info, acts_ND, labels_N, mean_D, std_D = load_site(Path(args.collected), p.split)
@@ -52,23 +54,24 @@ def main():
     if not np.array_equal(y_N, labels_N):
         raise DataError(f"{args.collected}/{p.split}_labels.npy does not match {args.prepared}/y_{p.split}.npy; rerun collect")
     ffn = FFN.from_checkpoint(load_torch(args.ffn_pt)).to(device).requires_grad_(False)
-    sae = SAE.from_checkpoint(load_torch(args.sae_pt)["sae"]).to(device).requires_grad_(False)
+    ckpt = load_torch(args.sae_pt)
+    if ckpt["site"] != info["site"]:
+        raise DataError(f"{args.sae_pt}: trained on the {ckpt['site']} site, {args.collected} holds {info['site']}; rerun train_sae")
+    sae = SAE.from_checkpoint(ckpt["sae"]).to(device).requires_grad_(False)
 
-    z_ND = torch.from_numpy(np.array(acts_ND, dtype=np.float32))
-    mean_D, std_D = torch.from_numpy(np.array(mean_D)), torch.from_numpy(np.array(std_D))
-    if info["normalize"]:
-        z_ND = (z_ND - mean_D) / std_D
+    if info["normalize"]:  # the SAE reads z = (y - mean) / std
+        mean_D, std_D = (torch.from_numpy(np.array(a, dtype=np.float32)) for a in (mean_D, std_D))
     else:
         mean_D = std_D = None
-    records = features.analyse(sae, ffn, info["site"], z_ND, x_NI, labels_N, p.top_k, mean_D, std_D)
+    records, summary = features.analyse(sae, ffn, info["site"], acts_ND, x_NI, labels_N, p.top_k, mean_D, std_D)
 
     report = {"site": info["site"], "split": p.split, "n_examples": int(len(labels_N)),
               "n_latents": sae.cfg.n_latents, "n_live": len(records), "top_k": p.top_k}
-    # one latent per line: readable, diffable, and a 512-latent report stays a few MB
-    lines = [json.dumps(r, sort_keys=True) for r in records]
-    head = json.dumps(report, sort_keys=True)[:-1]
-    write_text(args.report_json, head + ', "latents": [\n' + ",\n".join(lines) + "\n]}\n")
-    write_json(args.metrics_json, {"split": p.split, **features.summary(records, sae.cfg.n_latents)})
+    # one latent per line: readable and diffable (indent=2 would put each of 784 pattern values on a line)
+    fields = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(report.items())]
+    latents = ",\n".join(json.dumps(r, sort_keys=True) for r in records)
+    write_text(args.report_json, "{" + ", ".join(fields) + ', "latents": [\n' + latents + "\n]}\n")
+    write_json(args.metrics_json, {"split": p.split, "device": device, **summary})
 
     with atomic_path(args.plots_dir) as out:
         out.mkdir()

@@ -247,7 +247,7 @@ def test_stage_outputs_on_tiny_pipeline(pipeline_run):
             assert row["mse_norm"] >= 0 and row["l0"] <= row["n_latents"], method
     assert out["k1"]["kmeans"]["l0"] == 1.0 and "sae_main" in out
     md = (pipeline_run / "metrics" / "BASELINES.md").read_text()
-    assert all(f"## k = {k}" in md for k in ks)
+    assert all(f"## k = {k}" in md for k in ks) and "The main SAE (L0" in md
     plots = pipeline_run / "plots" / "baselines"
     for name in ("frontier.png", "cosine_hist.png", "magnitude_hist.png", "frontier_pca.csv", "frontier_sae_main.csv"):
         assert (plots / name).exists(), name

@@ -43,7 +43,7 @@ def test_second_repro_runs_nothing(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
     proc = dvc(project, "repro")
     assert ran_stages(proc) == []
-    assert "is up to date" in dvc(project, "status").stdout
+    assert "up to date" in dvc(project, "status").stdout
 
 
 def test_adding_one_lr_trains_exactly_one_new_point(pipeline_run, tmp_path):
