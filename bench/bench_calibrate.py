@@ -24,11 +24,11 @@ from stages._common import read_params_file  # noqa: E402
 from stages._sae_params import load_sae_params  # noqa: E402
 
 
-def timed_run(cfg, z_ND, lambdas, settings, seed) -> float:
+def timed_run(cfg, z_ND, lambdas, settings, seed, stats) -> float:
     gen = torch.Generator().manual_seed(seed)
     sae = SAE(cfg, n_models=len(lambdas), generator=gen)
     t0 = time.perf_counter()
-    train_sae(sae, z_ND, lambdas, settings, gen)
+    train_sae(sae, z_ND, lambdas, settings, gen, mean_D=stats[0], std_D=stats[1])
     return time.perf_counter() - t0
 
 
@@ -45,21 +45,22 @@ def main():
     c = p.calibration
     n = args.steps * c.batch_size
     if (Path(args.collected) / "info.json").exists():
-        z_ND, info, _, _ = load_site(args.collected, "train")
+        z_ND, info, mean_D, std_D = load_site(args.collected, "train")
         source = f"{args.collected} ({info['site']})"
     else:
         z_ND, source = torch.randn(n, 10, generator=torch.Generator().manual_seed(0)), "Gaussian z, D = 10"
+        mean_D, std_D = torch.zeros(10), torch.ones(10)
     z_ND = z_ND[:n]
     grid = lambda_grid(c.lambda_min, c.lambda_max, c.num)
     cfg = p.config(z_ND.shape[1])
     settings = p.settings(epochs=1, batch_size=c.batch_size)
-    timed_run(cfg, z_ND[:50 * c.batch_size], grid, settings, p.seed)  # warm-up (allocator, first-call costs)
+    timed_run(cfg, z_ND[:50 * c.batch_size], grid, settings, p.seed, (mean_D, std_D))  # warm-up (allocator, first-call costs)
 
-    batched = timed_run(cfg, z_ND, grid, settings, p.seed)
-    serial = sum(timed_run(cfg, z_ND, [lam], settings, p.seed) for lam in grid)
+    batched = timed_run(cfg, z_ND, grid, settings, p.seed, (mean_D, std_D))
+    serial = sum(timed_run(cfg, z_ND, [lam], settings, p.seed, (mean_D, std_D)) for lam in grid)
     steps = z_ND.shape[0] // c.batch_size
     print(f"data: {source}; arch {cfg.arch} ({cfg.ste}), {cfg.n_latents} latents; grid of {len(grid)} lambdas, "
-          f"{steps} steps of batch {c.batch_size} each; {args.threads} thread(s)")
+          f"{steps} steps of batch {c.batch_size} each; kl_coef {settings.kl_coef}; {args.threads} thread(s)")
     print(f"batched (G = {len(grid)}):  {batched:8.2f} s  ({1e3 * batched / steps:.3f} ms/step)")
     print(f"one after another:  {serial:8.2f} s  ({1e3 * serial / (steps * len(grid)):.3f} ms/step per point)")
     print(f"speed-up: {serial / batched:.1f}x (goal >= 5x)")

@@ -1,7 +1,7 @@
 """The SAE family: JumpReLU (default), ReLU + L1, TopK + AuxK, one module and one forward signature.
 
 Every SAE here is a stack of G independent models in one module (G = 1 for a single SAE), so the
-calibration can train a whole lambda grid at once with batched einsums:
+calibration can train a whole lambda grid at once with batched matmuls (baddbmm over G):
 
     u_GBF     = z_BD @ W_enc_GDF + b_enc_GF                     encoder pre-activation
     a_GBF     = act(u_GBF)                                      latents
@@ -200,7 +200,7 @@ class SAE(nn.Module):
 
     def select(self, g: int) -> "SAE":
         """Model g of the stack as an SAE with G = 1 (a copy)."""
-        out = SAE(self.cfg, n_models=1)
+        out = SAE(self.cfg, n_models=1, generator=torch.Generator())  # overwritten; keeps the global RNG untouched
         out.load_state_dict({k: v[g:g + 1].detach().clone() for k, v in self.state_dict().items()})
         return out.to(self.W_dec_GFD.device)
 
@@ -211,7 +211,7 @@ class SAE(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "SAE":
-        sae = cls(SAEConfig.from_dict(ckpt["config"]), n_models=ckpt.get("n_models", 1))
+        sae = cls(SAEConfig.from_dict(ckpt["config"]), n_models=ckpt.get("n_models", 1), generator=torch.Generator())
         sae.load_state_dict(ckpt["state"])
         return sae
 

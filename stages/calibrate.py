@@ -52,6 +52,7 @@ def main():
                   f"widen sae.calibration.lambda_min/lambda_max")
         print(f"calibrated lambda {cal.lam:.6g}: val L0 {cal.l0:.4f} (target {p.target_l0})")
 
+    result["device"] = device
     write_json(args.calibration_json, result)
     with atomic_path(args.calibration_csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")

@@ -72,7 +72,7 @@ def main():
     summary = {"lambda": float(sae_ckpt["lambda"]), "target_l0": sae_p.target_l0, "l0_val": results["val"]["l0"],
                "calibration_error": calibration_error(results["val"]["l0"], sae_p.target_l0),
                "n_latents": cfg.n_latents, "dead_fraction_train": results["train"]["dead_fraction"]}
-    write_json(args.eval_json, {"sae": summary, **results})
+    write_json(args.eval_json, {"sae": summary, **results, "device": device})
 
     settings = {"site": info["site"], "normalized input": info["normalize"], "SAE": f"{cfg.arch} ({cfg.ste} STE)",
                 "latents": cfg.n_latents, "target L0": sae_p.target_l0, "achieved L0 (val)": summary["l0_val"],

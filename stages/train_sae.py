@@ -70,7 +70,11 @@ def main():
         train_sae(sae, z_train_ND, [lam], p.settings(p.epochs, p.batch_size), gen, mean_D=mean_D, std_D=std_D,
                   on_step=on_step)
         live.end()
-        (tmp.parent / "live" / "plots" / "metrics" / "train").rename(tmp)
+        curves = tmp.parent / "live" / "plots" / "metrics" / "train"
+        if curves.exists():
+            curves.rename(tmp)
+        else:  # fewer steps than sae.log_every: nothing was logged, the curves folder is empty
+            tmp.mkdir()
     sae = sae.cpu().eval()
     delta = shift_thresholds_(sae, z_val_ND, p.target_l0) if p.theta_shift and p.arch == "jumprelu" else 0.0
 
@@ -86,6 +90,7 @@ def main():
         out["kl_val"] = metrics.kl_divergence(logits_NO, y_hat_NO)
     save_torch(args.sae_ckpt, {"sae": sae.to_checkpoint(), "lambda": lam, "lambda_source": source,
                                "theta_shift": delta, "site": info["site"], "normalize": bool(info["normalize"])})
+    out["device"] = device
     write_json(args.metrics_json, out)
     print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
 
