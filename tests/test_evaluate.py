@@ -105,7 +105,8 @@ def test_evaluate_writes_every_key(pipeline_run):
     for out in EVAL_OUTS:
         assert (pipeline_run / out).is_file(), out
     ev = read_eval(pipeline_run)
-    assert set(ev) == {"sae", *SPLITS}
+    # numbers only, but for the device the run used (issue 7: every torch stage records it)
+    assert set(ev) == {"sae", "device", *SPLITS} and ev["device"] in ("cpu", "cuda")
     assert set(ev["sae"]) == SUMMARY_KEYS
     for split in SPLITS:
         assert set(ev[split]) == FIDELITY_KEYS, split
