@@ -30,12 +30,15 @@ def collect_site(model: FFN, x_NI: torch.Tensor, site: str, chunk: int = 4096) -
     return torch.cat(acts), torch.cat(logits)
 
 
-def normalization_stats(acts_ND: np.ndarray, min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def normalization_stats(acts_ND: np.ndarray, min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std over examples (float64 accumulation, population std).
 
-    std is clamped below at `min_std` so dimensions that never vary (dead ReLUs) map to 0, not NaN.
+    Dimensions that (almost) never vary on train, std < `min_std` (ReLU units dead on train), get
+    std 1 instead: clamping to a tiny std would blow up the rare val/test example that does
+    activate them (seen at the hidden site: one such unit made the val normalized MSE ~1e4).
     """
     a_ND = np.asarray(acts_ND, dtype=np.float64)
     mean_D = a_ND.mean(axis=0)
-    std_D = np.maximum(a_ND.std(axis=0), min_std)
+    std_D = a_ND.std(axis=0)
+    std_D = np.where(std_D < min_std, 1.0, std_D)
     return mean_D.astype(np.float32), std_D.astype(np.float32)
