@@ -255,7 +255,7 @@ class SiteData:
 
 def make_site(load_split: Callable, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool,
               eval_split: str, to_logits: Callable) -> SiteData:
-    """SiteData from `load_split(split) -> (y_ND, logits_NO, labels_N)` (evaluate.load_collected)."""
+    """SiteData from `load_split(split) -> (y_ND, logits_NO, labels_N)` (collect.load_collected)."""
     def z(y_ND):
         if y_ND.ndim != 2 or y_ND.shape[1] != mean_D.shape[0]:
             raise ValueError(f"make_site: activations {tuple(y_ND.shape)} do not match the {mean_D.shape[0]}-d stats")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from mnist_sae.data import DataError
 from mnist_sae.ffn import FFN, pixels_to_float
 
 SITES = ("logits", "hidden")
@@ -42,3 +46,52 @@ def normalization_stats(acts_ND: np.ndarray, min_std: float = 1e-3) -> tuple[np.
     std_D = a_ND.std(axis=0)
     std_D = np.where(std_D < min_std, 1.0, std_D)
     return mean_D.astype(np.float32), std_D.astype(np.float32)
+
+
+# --- reading the collect stage's folder --------------------------------------------------------
+# {split}_acts.npy (raw site activations), {split}_logits.npy, {split}_labels.npy, mean_D.npy,
+# std_D.npy, info.json (site, d, normalize): one reader for every stage downstream of collect.
+
+
+def _require(paths) -> None:
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: not found; run `dvc repro collect`")
+
+
+def load_stats(collected_dir) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(info, mean_D, std_D): site, width, normalize flag and the train split's per-dimension mean
+    and std (float32)."""
+    d = Path(collected_dir)
+    _require([d / "info.json", d / "mean_D.npy", d / "std_D.npy"])
+    info = json.loads((d / "info.json").read_text())
+    mean_D = torch.from_numpy(np.load(d / "mean_D.npy").astype(np.float32))
+    std_D = torch.from_numpy(np.load(d / "std_D.npy").astype(np.float32))
+    if mean_D.shape != (info["d"],) or std_D.shape != (info["d"],):
+        raise DataError(f"{d}: mean/std of shape {tuple(mean_D.shape)}, {tuple(std_D.shape)} do not match d = {info['d']}")
+    return info, mean_D, std_D
+
+
+def open_split(collected_dir, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(acts_ND, logits_NO, labels_N) of one split, memory-mapped (mmap_mode="r"), shape-checked
+    against each other and against info.json's width d."""
+    d = Path(collected_dir)
+    paths = [d / f"{split}_acts.npy", d / f"{split}_logits.npy", d / f"{split}_labels.npy"]
+    _require([d / "info.json", *paths])
+    width = json.loads((d / "info.json").read_text())["d"]
+    acts_ND, logits_NO, labels_N = (np.load(p, mmap_mode="r") for p in paths)
+    n = labels_N.shape[0]
+    if (acts_ND.ndim != 2 or acts_ND.shape != (n, width) or logits_NO.ndim != 2 or logits_NO.shape[0] != n
+            or labels_N.ndim != 1):
+        raise DataError(f"{d}/{split}_*.npy: expected acts [N, {width}], logits [N, O], labels [N] with one N, "
+                        f"got {acts_ND.shape}, {logits_NO.shape}, {labels_N.shape}")
+    return acts_ND, logits_NO, labels_N
+
+
+def load_collected(collected_dir, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y_ND float32, logits_NO float32, labels_N int64) of one split, read into memory: the raw
+    site activations (not normalized), the FFN's logits and the labels."""
+    acts_ND, logits_NO, labels_N = open_split(collected_dir, split)
+    return (torch.from_numpy(np.array(acts_ND, dtype=np.float32)),
+            torch.from_numpy(np.array(logits_NO, dtype=np.float32)),
+            torch.from_numpy(np.array(labels_N, dtype=np.int64)))

@@ -8,53 +8,15 @@ FFN's decision is read from y_hat directly (logit site) or from head(y_hat) (hid
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tabulate import tabulate
 
 from mnist_sae import metrics
-from mnist_sae.data import DataError
 from mnist_sae.sae import SAE, reconstruct
 
 SPLITS = ("train", "val", "test")
-
-
-def load_collected(collected_dir, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y_ND float32, logits_NO float32, labels_N int64) of one split of the collect stage's folder:
-    the raw site activations (not normalized), the FFN's logits and the labels."""
-    d = Path(collected_dir)
-    arrays = []
-    for name in (f"{split}_acts.npy", f"{split}_logits.npy", f"{split}_labels.npy"):
-        if not (d / name).exists():
-            raise DataError(f"{d / name}: not found; run `dvc repro collect`")
-        arrays.append(np.load(d / name, mmap_mode="r"))
-    acts_ND, logits_NO, labels_N = arrays
-    n = labels_N.shape[0]
-    if acts_ND.ndim != 2 or acts_ND.shape[0] != n or logits_NO.ndim != 2 or logits_NO.shape[0] != n:
-        raise DataError(f"{d}/{split}_*.npy: expected acts [N, D], logits [N, O], labels [N] with one N, "
-                        f"got {acts_ND.shape}, {logits_NO.shape}, {labels_N.shape}")
-    return (torch.from_numpy(np.array(acts_ND, dtype=np.float32)),
-            torch.from_numpy(np.array(logits_NO, dtype=np.float32)),
-            torch.from_numpy(np.array(labels_N, dtype=np.int64)))
-
-
-def load_stats(collected_dir) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(info, mean_D, std_D) of the collect stage's folder: site, width, normalize flag and the
-    train split's per-dimension mean and std."""
-    d = Path(collected_dir)
-    for name in ("info.json", "mean_D.npy", "std_D.npy"):
-        if not (d / name).exists():
-            raise DataError(f"{d / name}: not found; run `dvc repro collect`")
-    info = json.loads((d / "info.json").read_text())
-    mean_D = torch.from_numpy(np.load(d / "mean_D.npy").astype(np.float32))
-    std_D = torch.from_numpy(np.load(d / "std_D.npy").astype(np.float32))
-    if mean_D.shape != (info["d"],) or std_D.shape != (info["d"],):
-        raise DataError(f"{d}: mean/std of shape {tuple(mean_D.shape)}, {tuple(std_D.shape)} do not match d = {info['d']}")
-    return info, mean_D, std_D
 
 
 @torch.no_grad()

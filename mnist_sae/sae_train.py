@@ -9,16 +9,14 @@ accumulated on the device and handed to `on_step` every `log_every` steps.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from mnist_sae import metrics
-from mnist_sae.data import DataError
+from mnist_sae.collect import load_collected, load_stats
 from mnist_sae.sae import SAE, SAEConfig, sae_loss
 
 
@@ -220,24 +218,8 @@ def calibrate(cfg: SAEConfig, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, 
 def load_site(collected_dir, split: str) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
     """(z_ND, info, mean_D, std_D) from the collect stage's folder: the SAE's input for `split`,
     z = (acts - mean) / std when info["normalize"], else acts, as float32."""
-    d = Path(collected_dir)
-    paths = [d / "info.json", d / f"{split}_acts.npy", d / "mean_D.npy", d / "std_D.npy"]
-    for p in paths:
-        if not p.exists():
-            raise DataError(f"{p}: not found; run `dvc repro collect`")
-    info = json.loads(paths[0].read_text())
-    acts_ND = np.load(paths[1], mmap_mode="r")
-    mean_D = torch.from_numpy(np.load(paths[2]).astype(np.float32))
-    std_D = torch.from_numpy(np.load(paths[3]).astype(np.float32))
-    if acts_ND.ndim != 2 or acts_ND.shape[1] != info["d"] or mean_D.shape != (info["d"],) or std_D.shape != (info["d"],):
-        raise DataError(f"{paths[1]}: expected [N, {info['d']}] with mean/std [{info['d']}], "
-                         f"got {acts_ND.shape}, {tuple(mean_D.shape)}, {tuple(std_D.shape)}")
-    z_ND = torch.from_numpy(np.array(acts_ND, dtype=np.float32))
+    info, mean_D, std_D = load_stats(collected_dir)
+    z_ND, _, _ = load_collected(collected_dir, split)
     if info["normalize"]:
         z_ND = (z_ND - mean_D) / std_D
     return z_ND, info, mean_D, std_D
-
-
-def load_labels(collected_dir, split: str) -> torch.Tensor:
-    """labels_N (int64) of `split` from the collect stage's folder."""
-    return torch.from_numpy(np.load(Path(collected_dir) / f"{split}_labels.npy").astype(np.int64))

@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from mnist_sae import baselines
 from mnist_sae.data import DataError
-from mnist_sae.evaluate import load_collected, load_stats
+from mnist_sae.collect import load_collected, load_stats
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
 from mnist_sae.sae_train import lambda_grid

@@ -11,11 +11,9 @@ import argparse
 import csv
 import math
 
-import torch
-
-from mnist_sae.sae_train import calibrate, lambda_grid, load_site
-from stages._common import atomic_path, load_device, read_params_file, run, setup_torch, write_json
-from stages._sae_params import check_site, load_sae_params
+from mnist_sae.sae_train import calibrate, lambda_grid
+from stages._common import atomic_path, run, write_json
+from stages._sae_params import start_sae_stage
 
 
 def main():
@@ -23,18 +21,8 @@ def main():
     for name in ("collected_dir", "calibration_json", "calibration_csv"):
         parser.add_argument(name)
     args = parser.parse_args()
-    raw = read_params_file()
-    p = load_sae_params(raw)
+    p, device, z_train_ND, z_val_ND, info, mean_D, std_D = start_sae_stage(args.collected_dir)
     c = p.calibration
-    device = load_device(raw)
-    setup_torch(p.seed)
-    # the SAE's matmuls are tiny (D, F <= a few hundred, batch 8): one thread is fastest, and
-    # a second one only adds synchronisation (measured ~1 ms vs ~7 ms per step on a busy 2-core box)
-    torch.set_num_threads(1)
-
-    z_train_ND, info, mean_D, std_D = load_site(args.collected_dir, "train")
-    z_val_ND, _, _, _ = load_site(args.collected_dir, "val")
-    check_site(p, info)
     result = {"arch": p.arch, "target_l0": p.target_l0}
     rows = []
     if p.arch == "topk":

@@ -11,7 +11,8 @@ import argparse
 from dataclasses import dataclass, field
 
 from mnist_sae import plots
-from mnist_sae.evaluate import SPLITS, best_results_markdown, evaluate_split, load_collected, load_stats
+from mnist_sae.collect import load_collected, load_stats
+from mnist_sae.evaluate import SPLITS, best_results_markdown, evaluate_split
 from mnist_sae.ffn import FFN
 from mnist_sae.metrics import calibration_error
 from mnist_sae.sae import SAE

@@ -7,12 +7,11 @@ input pattern, a one-line hypothesis) -> a JSON report, a metrics summary and on
 import argparse
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from mnist_sae import feature_plots, features
+from mnist_sae.collect import load_stats, open_split
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
 from stages._common import (DataError, POSITIVE, atomic_path, choice, load_device, load_params, load_prepared,
@@ -26,19 +25,6 @@ class FeaturesParams:
     top_k: int = field(metadata=POSITIVE)  # top activating examples per latent (pictures, input-pattern average)
 
 
-def load_site(collected: Path, split: str):
-    """(info, acts_ND memmap, labels_N, mean_D, std_D) of the collect stage's output."""
-    paths = [collected / n for n in ("info.json", f"{split}_acts.npy", f"{split}_labels.npy", "mean_D.npy", "std_D.npy")]
-    for p in paths:
-        if not p.exists():
-            raise DataError(f"{p}: not found; run `dvc repro collect`")
-    info = json.loads(paths[0].read_text())
-    acts_ND, labels_N, mean_D, std_D = (np.load(p, mmap_mode="r") for p in paths[1:])
-    if acts_ND.ndim != 2 or acts_ND.shape[1] != info["d"] or labels_N.shape != (acts_ND.shape[0],):
-        raise DataError(f"{paths[1]}: expected [N, {info['d']}] with {paths[2].name} [N], got {acts_ND.shape}, {labels_N.shape}")
-    return info, acts_ND, labels_N, mean_D, std_D
-
-
 def main():
     parser = argparse.ArgumentParser()
     for name in ("prepared", "ffn_pt", "collected", "sae_pt", "report_json", "metrics_json", "plots_dir"):
@@ -49,7 +35,8 @@ def main():
     device = load_device(raw)
     setup_torch(0)  # nothing here draws random numbers; deterministic kernels and threads only
 
-    info, acts_ND, labels_N, mean_D, std_D = load_site(Path(args.collected), p.split)
+    info, mean_D, std_D = load_stats(args.collected)
+    acts_ND, _, labels_N = open_split(args.collected, p.split)  # memory-mapped: read in chunks
     x_NI, y_N = load_prepared(args.prepared, p.split)
     if not np.array_equal(y_N, labels_N):
         raise DataError(f"{args.collected}/{p.split}_labels.npy does not match {args.prepared}/y_{p.split}.npy; rerun collect")
@@ -59,9 +46,7 @@ def main():
         raise DataError(f"{args.sae_pt}: trained on the {ckpt['site']} site, {args.collected} holds {info['site']}; rerun train_sae")
     sae = SAE.from_checkpoint(ckpt["sae"]).to(device).requires_grad_(False)
 
-    if info["normalize"]:  # the SAE reads z = (y - mean) / std
-        mean_D, std_D = (torch.from_numpy(np.array(a, dtype=np.float32)) for a in (mean_D, std_D))
-    else:
+    if not info["normalize"]:  # else the SAE reads z = (y - mean) / std
         mean_D = std_D = None
     records, summary = features.analyse(sae, ffn, info["site"], acts_ND, x_NI, labels_N, p.top_k, mean_D, std_D)
 

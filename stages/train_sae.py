@@ -11,16 +11,16 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from dvclive import Live
 
 from mnist_sae import metrics
 from mnist_sae.data import DataError
 from mnist_sae.sae import SAE, reconstruct
-from mnist_sae.sae_train import load_labels, load_site, shift_thresholds_, train_sae
-from stages._common import atomic_path, load_device, read_params_file, run, save_torch, setup_torch, write_json
-from stages._sae_params import check_site, load_sae_params
+from mnist_sae.collect import load_collected
+from mnist_sae.sae_train import shift_thresholds_, train_sae
+from stages._common import atomic_path, run, save_torch, write_json
+from stages._sae_params import start_sae_stage
 
 CURVES = ("mse", "l0", "total", "sparsity", "kl", "aux")  # loss terms logged when present
 
@@ -30,17 +30,7 @@ def main():
     for name in ("collected_dir", "calibration_json", "sae_ckpt", "metrics_json", "curves_dir"):
         parser.add_argument(name)
     args = parser.parse_args()
-    raw = read_params_file()
-    p = load_sae_params(raw)
-    device = load_device(raw)
-    setup_torch(p.seed)
-    # the SAE's matmuls are tiny (D, F <= a few hundred, batch 8): one thread is fastest, and
-    # a second one only adds synchronisation (measured ~1 ms vs ~7 ms per step on a busy 2-core box)
-    torch.set_num_threads(1)
-
-    z_train_ND, info, mean_D, std_D = load_site(args.collected_dir, "train")
-    z_val_ND, _, _, _ = load_site(args.collected_dir, "val")
-    check_site(p, info)
+    p, device, z_train_ND, z_val_ND, info, mean_D, std_D = start_sae_stage(args.collected_dir)
     if p.arch == "topk":
         lam, source = 0.0, "none (topk)"
     elif p.lam is not None:
@@ -84,8 +74,7 @@ def main():
            "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
     if info["site"] == "logits":
         y_hat_NO = z_hat_ND * std_D + mean_D if info["normalize"] else z_hat_ND
-        logits_NO = torch.from_numpy(np.load(Path(args.collected_dir) / "val_logits.npy"))
-        labels_N = load_labels(args.collected_dir, "val")
+        _, logits_NO, labels_N = load_collected(args.collected_dir, "val")
         out["acc_drop_pp_val"] = 100.0 * (metrics.accuracy(logits_NO, labels_N) - metrics.accuracy(y_hat_NO, labels_N))
         out["kl_val"] = metrics.kl_divergence(logits_NO, y_hat_NO)
     save_torch(args.sae_ckpt, {"sae": sae.to_checkpoint(), "lambda": lam, "lambda_source": source,

@@ -124,6 +124,17 @@ def commit_all(project: Path, message: str) -> None:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny matmuls at batch 8: one thread is ~10x faster than two on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_project(tmp_path) -> Path:
     return make_project(tmp_path / "project")
 

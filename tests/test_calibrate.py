@@ -20,13 +20,7 @@ from stages._sae_params import load_sae_params
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls at batch 8: one thread is ~10x faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def easy_data(n: int, gen: torch.Generator, d: int = 8, n_atoms: int = 12) -> torch.Tensor:

@@ -15,13 +15,7 @@ VARIANTS = [("jumprelu", "sigmoid"), ("jumprelu", "rectangle"), ("relu", "sigmoi
 G, B, D, NF = 3, 5, 6, 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls at batch 8: one thread is ~10x faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(arch, ste, n_models=G, seed=0, **kw):
