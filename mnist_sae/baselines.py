@@ -37,6 +37,7 @@ examples by activation) sees them as 2F non-negative latents: `nonnegative_atoms
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -44,6 +45,7 @@ import torch
 from torch.nn import functional as F
 
 from mnist_sae import metrics
+from mnist_sae.collect import to_y, to_z
 
 
 @dataclass(frozen=True)
@@ -246,11 +248,17 @@ class SiteData:
     to_logits: Callable[[torch.Tensor], torch.Tensor]
 
     def to_y(self, z_ND: torch.Tensor) -> torch.Tensor:
-        return z_ND * self.std_D + self.mean_D if self.normalize else z_ND
+        return to_y(z_ND, self.mean_D, self.std_D, self.normalize)
 
     @property
     def d(self) -> int:
         return self.z_train_ND.shape[1]
+
+    @cached_property
+    def z_train_mean_D(self) -> torch.Tensor:
+        """The train mean of z (float64 sum): the reference dictionaries' bias b_D, and the centre
+        of the relative reconstruction bias gamma."""
+        return self.z_train_ND.double().mean(0).float()
 
 
 def make_site(load_split: Callable, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool,
@@ -259,7 +267,7 @@ def make_site(load_split: Callable, mean_D: torch.Tensor, std_D: torch.Tensor, n
     def z(y_ND):
         if y_ND.ndim != 2 or y_ND.shape[1] != mean_D.shape[0]:
             raise ValueError(f"make_site: activations {tuple(y_ND.shape)} do not match the {mean_D.shape[0]}-d stats")
-        return (y_ND.float() - mean_D) / std_D if normalize else y_ND.float()
+        return to_z(y_ND.float(), mean_D, std_D, normalize)
 
     y_train, _, labels_train = load_split("train")
     y_val, _, _ = load_split("val")
@@ -336,7 +344,7 @@ def score(method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: b
     row["cos_abs_mean"] = cos_P.abs().mean().item() if cos_P.numel() else 0.0
     row["cos_abs_max"] = cos_P.abs().max().item() if cos_P.numel() else 0.0
     row["welch_bound"] = metrics.welch_bound(W_dec_FD.shape[0], W_dec_FD.shape[1])
-    z_mean_D = site.z_train_ND.double().mean(0).float()
+    z_mean_D = site.z_train_mean_D
     row["gamma"] = metrics.relative_reconstruction_bias(site.z_eval_ND - z_mean_D, z_hat_ND - z_mean_D)
     if probe is not None:
         row["probe_acc"] = probe_accuracy(a_train_NF, a_NF, site, probe)
@@ -355,7 +363,7 @@ def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, see
     if max(ks) > min(site.d, n_latents, n_classes):
         raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents}, "
                          f"classes = {n_classes})")
-    mean_D = site.z_train_ND.double().mean(0).float()
+    mean_D = site.z_train_mean_D
     components_KD, pca_mean_D = fit_pca(site.z_train_ND, max(ks))
     C_FD = fit_kmeans(site.z_train_ND, n_latents, seed, kmeans_n_init, kmeans_max_iter)
     W_rand_FD = random_directions(n_latents, site.d, torch.Generator().manual_seed(seed))

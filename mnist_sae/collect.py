@@ -48,6 +48,17 @@ def normalization_stats(acts_ND: np.ndarray, min_std: float = 1e-3) -> tuple[np.
     return mean_D.astype(np.float32), std_D.astype(np.float32)
 
 
+def to_z(y_ND: torch.Tensor, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The SAE's input space: z = (y - mean) / std with the train statistics when `normalize`,
+    else z = y."""
+    return (y_ND - mean_D) / std_D if normalize else y_ND
+
+
+def to_y(z_ND: torch.Tensor, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Back to the FFN's units, the inverse of `to_z`: y = z * std + mean when `normalize`, else y = z."""
+    return z_ND * std_D + mean_D if normalize else z_ND
+
+
 # --- reading the collect stage's folder --------------------------------------------------------
 # {split}_acts.npy (raw site activations), {split}_logits.npy, {split}_labels.npy, mean_D.npy,
 # std_D.npy, info.json (site, d, normalize): one reader for every stage downstream of collect.

@@ -14,6 +14,7 @@ import torch
 from tabulate import tabulate
 
 from mnist_sae import metrics
+from mnist_sae.collect import to_y, to_z
 from mnist_sae.sae import SAE, reconstruct
 
 SPLITS = ("train", "val", "test")
@@ -35,10 +36,10 @@ def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels
     if y_ND.ndim != 2 or mean_D.shape != (y_ND.shape[1],) or std_D.shape != mean_D.shape:
         raise ValueError(f"evaluate_split: activations {tuple(y_ND.shape)} do not match "
                          f"mean {tuple(mean_D.shape)}, std {tuple(std_D.shape)}")
-    z_ND = (y_ND - mean_D) / std_D if normalize else y_ND
+    z_ND = to_z(y_ND, mean_D, std_D, normalize)
     z_hat_ND, a_NF = reconstruct(sae, z_ND, chunk=chunk)
     z_hat_ND, a_NF = z_hat_ND.cpu(), a_NF.cpu()
-    y_hat_ND = z_hat_ND * std_D + mean_D if normalize else z_hat_ND
+    y_hat_ND = to_y(z_hat_ND, mean_D, std_D, normalize)
     logits_NO, labels_N = logits_NO.float().cpu(), labels_N.long().cpu()
     out = metrics.fidelity(y_ND, y_hat_ND, labels_N, logits_NO, to_logits, mean_D,
                            z_ND=z_ND if normalize else None, z_hat_ND=z_hat_ND if normalize else None,

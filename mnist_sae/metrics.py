@@ -196,10 +196,7 @@ def fidelity(y_ND: torch.Tensor, y_hat_ND: torch.Tensor, labels_N: torch.Tensor,
     return dict(sorted(out.items()))
 
 
-# --- appended by other helpers (keep this marker; add your functions below it) ---------------
-
-
-# --- baselines: monosemanticity and geometry (appended by baselines) ---
+# --- monosemanticity and decoder geometry -----------------------------------------------------
 # Purity asks whether a latent means one thing: of the examples it fires on, how many share one
 # label. The decoder-geometry functions ask how the dictionary packs F directions into D
 # dimensions (superposition: Elhage et al. 2022, "Toy Models of Superposition").
@@ -208,9 +205,7 @@ def fidelity(y_ND: torch.Tensor, y_hat_ND: torch.Tensor, labels_N: torch.Tensor,
 def _purity_from_indices(idx_nF: torch.Tensor, keep_nF: torch.Tensor, labels_N: torch.Tensor, n_classes: int) -> torch.Tensor:
     """purity_F[f] = max_c #{kept n : labels[idx[n, f]] == c} / #{kept n}; NaN where none kept."""
     onehot_nFC = F.one_hot(labels_N.long()[idx_nF], n_classes).double() * keep_nF[..., None]
-    counts_FC = onehot_nFC.sum(dim=0)
-    total_F = counts_FC.sum(dim=1)
-    return torch.where(total_F > 0, counts_FC.max(dim=1).values / total_F.clamp(min=1), torch.nan)
+    return label_purity(onehot_nFC.sum(dim=0))
 
 
 def _check_nonnegative(a_NF: torch.Tensor, labels_N: torch.Tensor, name: str) -> None:
@@ -297,7 +292,7 @@ def relative_reconstruction_bias(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> 
     return (x_hat_ND.pow(2).sum() / (x_hat_ND * x_ND).sum()).item()
 
 
-# --- features: label purity from a label histogram (appended by features) ---
+# --- label purity from a label histogram ------------------------------------------------------
 
 
 def label_purity(counts_FC: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mnist_sae import metrics
-from mnist_sae.collect import load_collected, load_stats
+from mnist_sae.collect import load_collected, load_stats, to_z
 from mnist_sae.sae import SAE, SAEConfig, sae_loss
 
 
@@ -219,7 +219,5 @@ def load_site(collected_dir, split: str) -> tuple[torch.Tensor, dict, torch.Tens
     """(z_ND, info, mean_D, std_D) from the collect stage's folder: the SAE's input for `split`,
     z = (acts - mean) / std when info["normalize"], else acts, as float32."""
     info, mean_D, std_D = load_stats(collected_dir)
-    z_ND, _, _ = load_collected(collected_dir, split)
-    if info["normalize"]:
-        z_ND = (z_ND - mean_D) / std_D
-    return z_ND, info, mean_D, std_D
+    y_ND, _, _ = load_collected(collected_dir, split)
+    return to_z(y_ND, mean_D, std_D, info["normalize"]), info, mean_D, std_D

@@ -17,7 +17,7 @@ from dvclive import Live
 from mnist_sae import metrics
 from mnist_sae.data import DataError
 from mnist_sae.sae import SAE, reconstruct
-from mnist_sae.collect import load_collected
+from mnist_sae.collect import load_collected, to_y
 from mnist_sae.sae_train import shift_thresholds_, train_sae
 from stages._common import atomic_path, run, save_torch, write_json
 from stages._sae_params import start_sae_stage
@@ -73,7 +73,7 @@ def main():
            "mse_norm_val": metrics.mse(z_val_ND, z_hat_ND),
            "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
     if info["site"] == "logits":
-        y_hat_NO = z_hat_ND * std_D + mean_D if info["normalize"] else z_hat_ND
+        y_hat_NO = to_y(z_hat_ND, mean_D, std_D, info["normalize"])
         _, logits_NO, labels_N = load_collected(args.collected_dir, "val")
         out["acc_drop_pp_val"] = 100.0 * (metrics.accuracy(logits_NO, labels_N) - metrics.accuracy(y_hat_NO, labels_N))
         out["kl_val"] = metrics.kl_divergence(logits_NO, y_hat_NO)
