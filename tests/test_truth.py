@@ -1,0 +1,88 @@
+"""Ground-truth metrics against hand-computed values, and a TopK SAE that must find the truth."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_sae import truth
+from mnist_sae.planted import true_directions
+from mnist_sae.sae import SAE, SAEConfig, reconstruct
+from mnist_sae.sae_train import TrainSettings, train_sae
+
+# 3 true features = the standard basis of R^3; 3 latents by hand
+W_TRUE = np.eye(3)
+W_DEC = np.array([[1.0, 0.0, 0.0],   # = feature 0
+                  [1.0, 1.0, 0.0],   # between 0 and 1: cos 1/sqrt2 with both
+                  [0.0, 0.0, -2.0]])  # -feature 2, not unit: |cos| 1
+
+
+def test_hand_made_3x3():
+    C = truth.abs_cosines(W_DEC, W_TRUE)
+    s = 1 / math.sqrt(2)
+    assert np.allclose(C, [[1, 0, 0], [s, s, 0], [0, 0, 1]])
+    assert truth.mmcs(C) == pytest.approx((1 + s + 1) / 3)
+    f_P, t_P = truth.hungarian_match(C)
+    assert f_P.tolist() == [0, 1, 2] and t_P.tolist() == [0, 1, 2]
+    assert truth.mcc(C, f_P, t_P) == pytest.approx((1 + s + 1) / 3)
+    assert truth.recovered_fraction(C, f_P, t_P) == pytest.approx(2 / 3)
+    # best matches: latent 0 -> 0, latent 1 -> 0 (tie, argmax takes the first), latent 2 -> 2
+    assert truth.uniqueness(C) == pytest.approx(2 / 3)
+    assert truth.uniqueness(C, live_F=np.array([False, True, True])) == pytest.approx(2 / 3)
+
+
+def test_firing_precision_recall_f1_by_hand():
+    c_NT = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)  # true firing
+    a_NF = np.array([[2, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=float)  # latents
+    f_P, t_P = np.arange(3), np.arange(3)
+    prf = truth.firing_prf(a_NF, c_NT, f_P, t_P)
+    # latent 0 vs feature 0: TP 1, FP 0, FN 1; latent 1 vs 1: TP 1, FP 1, FN 0; latent 2 never fires
+    assert np.allclose(prf["precision_P"], [1, 0.5, 0])
+    assert np.allclose(prf["recall_P"], [0.5, 1, 0])
+    assert np.allclose(prf["f1_P"], [2 / 3, 2 / 3, 0])
+    s = truth.truth_scores(np.eye(3), np.eye(3), a_NF, c_NT)
+    assert s["f1"] == pytest.approx(4 / 9) and s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
+    assert s["uniqueness"] == pytest.approx(2 / 3)  # latent 2 is dead: only live latents count
+
+
+def test_truth_up_to_permutation_and_sign_scores_one():
+    rng = np.random.default_rng(0)
+    W_TD = true_directions(20, 8, rng)
+    perm = rng.permutation(20)
+    W_dec = W_TD[perm] * rng.choice([-1.0, 1.0], size=(20, 1)) * rng.uniform(0.5, 2.0, size=(20, 1))
+    s = truth.truth_scores(W_dec, W_TD)
+    assert s == pytest.approx({"mcc": 1.0, "mmcs": 1.0, "recovered": 1.0, "uniqueness": 1.0})
+    f_P, t_P = truth.hungarian_match(truth.abs_cosines(W_dec, W_TD))
+    assert np.array_equal(perm[f_P], t_P)
+
+
+def test_random_directions_mmcs_near_the_gaussian_bound():
+    """Random unit latents vs random unit features: the max of F |cos| ~ |N(0, 1/D)| is about
+    sqrt(2 log F / D); loose bounds around it."""
+    rng = np.random.default_rng(0)
+    T, F, D = 64, 64, 256
+    s = truth.truth_scores(rng.standard_normal((F, D)), true_directions(T, D, rng))
+    bound = math.sqrt(2 * math.log(F) / D)
+    assert 0.5 * bound < s["mmcs"] < 1.5 * bound
+    assert s["recovered"] == 0.0
+
+
+def test_topk_k1_sae_recovers_orthogonal_one_hot_features(one_thread):
+    """T = 8 orthonormal features in D = 16, exactly one active per row: a TopK (k = 1) SAE
+    trained by the library with 2T latents (spares, so no latent is stuck between two features)
+    must find them one-to-one (MCC >= 0.99)."""
+    rng = np.random.default_rng(0)
+    T, D, N = 8, 16, 4000
+    W_TD = true_directions(T, D, rng)
+    which_N = rng.integers(0, T, N)
+    c_NT = np.zeros((N, T), np.float32)
+    c_NT[np.arange(N), which_N] = np.abs(rng.normal(1.0, 0.3, N))
+    z_ND = torch.from_numpy(c_NT @ W_TD)
+    gen = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig(arch="topk", d_in=D, n_latents=2 * T, k=1, aux_k=8), generator=gen)
+    train_sae(sae, z_ND, [0.0], TrainSettings(lr=1e-2, epochs=4, batch_size=32, dead_steps=20, lr_decay=0.2), gen)
+    _, a_NF = reconstruct(sae, z_ND)
+    s = truth.truth_scores(sae.W_dec_GFD[0].detach().numpy(), W_TD, a_NF.numpy(), c_NT)
+    assert s["mcc"] >= 0.99, s
+    assert s["f1"] >= 0.99, s
