@@ -26,6 +26,7 @@ from conftest import ROOT, env, make_project
 OWN_SECTION = {
     "prepare": "data", "train_ffn": "ffn", "select_ffn": "ffn", "collect": "collect", "calibrate": "sae",
     "train_sae": "sae", "evaluate": "evaluate", "baselines": "baselines", "features": "features",
+    "planted": "planted", "truth": "truth",
 }
 DVC_YAML = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
@@ -84,6 +85,16 @@ CASES = [
     ("baselines", {"baselines.k": []}, ["baselines.k", "[]", "non-empty"]),
     ("baselines", {"baselines.eval_split": "train"}, ["baselines.eval_split", "'train'", "'val'", "'test'"]),
     ("features", {"features.split": "holdout"}, ["features.split", "'holdout'", "'train'"]),
+    ("planted", {"planted.n_features": 8.5}, ["planted.n_features", "8.5", "expected an integer"]),
+    ("planted", {"planted.p_min": 0.5, "planted.p_max": 0.1}, ["planted.p_min", "0.5", "<= p_max"]),
+    ("planted", {"planted.p_max": 1.5}, ["planted.p_max", "1.5", "(0, 1]"]),
+    ("planted", {"planted.seeds": []}, ["planted.seeds", "[]", "non-empty"]),
+    ("planted", {"planted.n_parents": 2}, ["planted.n_parents", "2", "both 0 or both > 0"]),
+    ("planted", {"planted.corr_strength": 1.0}, ["planted.corr_strength", "1.0", "[0, 1)"]),
+    ("truth", {"truth.l0": []}, ["truth.l0", "[]", "non-empty"]),
+    ("truth", {"truth.l0": [4, 2]}, ["truth.l0", "[4, 2]", "strictly increasing"]),
+    ("truth", {"truth.lr": "1e-2"}, ["truth.lr", "'1e-2'", "expected a number"]),
+    ("truth", {"truth.lambda_min": 2.0}, ["truth.lambda_min", "2.0", "< lambda_max"]),
 ]
 
 
@@ -205,8 +216,8 @@ def test_every_stage_is_in_the_battery():
 
 
 def test_every_stage_reads_device_when_it_uses_torch():
-    """Stages that run torch list `device` in dvc.yaml (prepare alone is numpy only)."""
-    assert sorted(set(STAGES) - set(device_stages())) == ["prepare"]
+    """Stages that run torch list `device` in dvc.yaml (prepare and planted are numpy only)."""
+    assert sorted(set(STAGES) - set(device_stages())) == ["planted", "prepare"]
 
 
 def test_float_in_exponent_form_is_a_number(project):

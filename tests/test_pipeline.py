@@ -39,6 +39,24 @@ def test_repro_writes_outputs(pipeline_run):
     assert data == {"train": 480, "val": 120, "test": 200}
 
 
+def test_repro_writes_truth_metrics(pipeline_run):
+    if not (pipeline_run / "metrics/truth.json").exists():
+        pytest.skip("no truth stage in dvc.yaml yet")
+    out = json.loads((pipeline_run / "metrics/truth.json").read_text())
+    assert out["l0"] == [2] and out["seeds"] == [0, 1]
+    methods = {"sae_jumprelu_sigmoid", "sae_jumprelu_rectangle", "sae_relu", "sae_topk", "pca", "kmeans", "random"}
+    assert set(out["methods"]) == methods
+    for cells in out["methods"].values():
+        cell = cells["k2"]
+        assert {"mcc", "mmcs", "f1", "recovered", "uniqueness", "l0"} <= set(cell)
+        assert 0 <= cell["mcc"]["mean"] <= 1 and len(cell["mcc"]["values"]) == 2
+    head = out["headline"]
+    assert head["best_sae"]["method"].startswith("sae_") and head["best_baseline"]["method"] in ("pca", "kmeans", "random")
+    assert head["margin"] == pytest.approx(head["best_sae"]["mcc"] - head["best_baseline"]["mcc"])
+    assert (pipeline_run / "metrics/TRUTH.md").read_text().startswith("# Planted ground truth")
+    assert (pipeline_run / "plots/truth/frontier_sae_topk.csv").read_text().splitlines()[0] == "l0,mcc,f1,mcc_std,k"
+
+
 def test_second_repro_runs_nothing(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
     proc = dvc(project, "repro")
