@@ -10,7 +10,7 @@ SAEs, k-means and random directions are seeded with truth.seed + s.
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -57,12 +57,9 @@ class TruthParams:
             raise ParamError(f"{prefix}.lambda_min = {self.lambda_min}: must be < lambda_max = {self.lambda_max}")
 
     def settings(self) -> BenchSettings:
-        return BenchSettings(n_latents=self.n_latents, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                             lambdas=tuple(lambda_grid(self.lambda_min, self.lambda_max, self.lambda_num)),
-                             refine=self.refine, tau=self.tau, bandwidth=self.bandwidth, theta_init=self.theta_init,
-                             aux_k=self.aux_k, aux_coef=self.aux_coef, dead_steps=self.dead_steps, lr_decay=self.lr_decay,
-                             shift_thresholds=self.shift_thresholds, kmeans_n_init=self.kmeans_n_init,
-                             kmeans_max_iter=self.kmeans_max_iter, recovered_cosine=self.recovered_cosine)
+        """The benchmark's settings: every field of the same name, plus the lambda grid."""
+        shared = {f.name: getattr(self, f.name) for f in fields(BenchSettings) if f.name != "lambdas"}
+        return BenchSettings(**shared, lambdas=tuple(lambda_grid(self.lambda_min, self.lambda_max, self.lambda_num)))
 
 
 def main():
