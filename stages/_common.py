@@ -171,15 +171,29 @@ def run(main) -> None:
         sys.exit(2)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReproParams:
+    # pin the numerical path so the bits match on any AVX2 x86-64 machine (stages/_numerics.py)
+    portable: bool
+
+
 def setup_torch(seed: int) -> None:
-    """Seeds, deterministic kernels and threads from the machine (2 cores here)."""
+    """Seeds, deterministic kernels, and threads from the numerical path (stages/_numerics.py).
+
+    Checks params `repro` too: every torch stage calls this, and the pin itself (done when the
+    stages package loads, before torch) reads repro.portable without the strict check.
+    """
+    load_params(ReproParams, "repro")
     import torch
+
+    from stages import _numerics
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    # Adam's moments decay into denormal floats on units that stop getting gradient; on CPU
-    # denormal arithmetic is ~3x slower per step here (measured: 29 -> 9 ms on the 8192 FFN)
+    torch.set_num_threads(_numerics.n_threads())
+    # Adam's moments decay into denormal floats on units that stop getting gradient; flushing
+    # them was measured 29 -> 9 ms/step on the 8192 FFN on one machine, and no difference on
+    # another (issue 11); kept: flush-to-zero behaves the same on every x86-64 CPU
     torch.set_flush_denormal(True)
     # cuBLAS needs this for deterministic matmuls on CUDA; harmless on CPU
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -66,15 +66,27 @@ def test_second_repro_runs_nothing(pipeline_run, tmp_path):
 
 def test_adding_one_lr_trains_exactly_one_new_point(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
+    old_model = (project / "data/ffn/h16-lr0.01/model.pt").read_bytes()
     proc = dvc(project, "exp", "run", "-S", "ffn.sweep.lr=[0.01, 0.03]")
     ran = set(ran_stages(proc))
-    assert "train_ffn@16-0.03" in ran and "select_ffn" in ran
-    assert not any(s.startswith("train_ffn@") and s != "train_ffn@16-0.03" for s in ran)
-    assert "prepare" not in ran
+    assert "train_ffn" in ran and "select_ffn" in ran and "prepare" not in ran
+    # the sweep stage reran, but its per-point key kept the old point and trained only the new one
+    assert "train_ffn: keep h16-lr0.01" in proc.stdout
+    assert "train_ffn: train h16-lr0.03" in proc.stdout and "train_ffn: train h16-lr0.01" not in proc.stdout
+    assert (project / "data/ffn/h16-lr0.01/model.pt").read_bytes() == old_model
     # everything else that ran is downstream of select_ffn
-    assert ran - {"train_ffn@16-0.03", "select_ffn"} <= descendants(project, "select_ffn")
+    assert ran - {"train_ffn", "select_ffn"} <= descendants(project, "select_ffn")
     sweep = json.loads((project / "metrics/ffn_sweep.json").read_text())
     assert set(sweep["points"]) == {"h16-lr0.01", "h16-lr0.03"}
+    assert sorted(p.name for p in (project / "data/ffn").iterdir()) == ["h16-lr0.01", "h16-lr0.03"]
+
+
+def test_changing_a_training_param_retrains_every_point(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    proc = dvc(project, "exp", "run", "-S", "ffn.seed=1")
+    assert "train_ffn: train h16-lr0.01" in proc.stdout and "keep" not in proc.stdout
+    key = json.loads((project / "data/ffn/h16-lr0.01/point.json").read_text())["key"]
+    assert key != json.loads((pipeline_run / "data/ffn/h16-lr0.01/point.json").read_text())["key"]
 
 
 def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):

@@ -1,0 +1,70 @@
+"""Other machines simulated on this one (issue 12): the tiny pipeline under other native settings.
+
+ATen picks its vector kernels by CPU (ATEN_CPU_CAPABILITY forces the choice), MKL its code path by
+CPU (MKL_ENABLE_INSTRUCTIONS caps it), and the thread count can change a reduction's order. Set
+outside the pipeline, these stand in for an AVX2-only machine, an AVX-512 one, or one with more
+cores. With repro.portable true every run must give the committed-style hashes; with false the
+same settings must give other hashes, so this test can fail.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from ruamel.yaml import YAML
+
+from stages._numerics import PORTABLE_ENV
+from tests.conftest import clone_run, env, set_params
+
+# every stage up to train_sae: MKL GEMMs, ATen's elementwise and reduction kernels, fused Adam,
+# the SAE calibration grid
+TARGET = "train_sae"
+STAGES = ["train_ffn", "select_ffn", "collect", "calibrate", "train_sae"]
+# outputs that carry wall-clock training times by design (README, Reliability)
+WALL_CLOCK = {"metrics/ffn_points", "metrics/ffn_sweep.json", "metrics/ffn_sweep.md"}
+HAS_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def native_env(**settings: str) -> dict:
+    """The test process's environment without any pin (importing stages pinned it), plus settings."""
+    e = env()
+    for key in PORTABLE_ENV:
+        e.pop(key, None)
+    e.update(settings)
+    return e
+
+
+def repro_under(project, settings: dict) -> dict[str, str]:
+    """`dvc repro -f train_sae` (and all upstream) under settings; {out path: md5} of STAGES."""
+    shutil.rmtree(project / "data/ffn")  # persist: true; its per-point key would keep the old points
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", TARGET], cwd=project, env=native_env(**settings),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return lock_hashes(project)
+
+
+def lock_hashes(project) -> dict[str, str]:
+    lock = YAML(typ="safe", pure=True).load((project / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for name in STAGES for o in lock[name].get("outs", []) if o["path"] not in WALL_CLOCK}
+
+
+@pytest.mark.parametrize("settings", [
+    {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+    {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512", "MKL_CBWR": "AUTO"},
+], ids=["no-simd-2-threads", "avx512-mkl-avx512"])
+def test_portable_hashes_match_under_other_native_settings(pipeline_run, tmp_path, settings):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    assert repro_under(project, settings) == lock_hashes(pipeline_run)
+
+
+def test_native_hashes_differ_between_kernel_choices(pipeline_run, tmp_path):
+    """The control: without the pin, the kernel choice shows in the bits (so the test above can fail)."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    set_params(project, {"repro.portable": False})
+    slow = repro_under(project, {"ATEN_CPU_CAPABILITY": "default"})
+    fast = repro_under(project, {"ATEN_CPU_CAPABILITY": "avx512" if HAS_AVX512 else "avx2"})
+    assert slow != fast
