@@ -7,6 +7,8 @@ this module maps the name both ways (messages still say `sae.lambda`).
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -91,8 +93,7 @@ def load_sae_params(raw: dict) -> SAEParams:
     try:
         return load_params(SAEParams, "sae", raw)
     except ParamError as e:
-        raise ParamError(str(e).replace("sae.lam:", "sae.lambda:").replace("sae.lam ", "sae.lambda ")
-                         .replace(", lam,", ", lambda,")) from None
+        raise ParamError(re.sub(r"\blam\b", "lambda", str(e))) from None
 
 
 def check_site(p: SAEParams, info: dict) -> None:

@@ -24,6 +24,7 @@ from conftest import ROOT, env, make_project
 
 # The section each stage owns and must validate whole (an unknown key there stops it).
 OWN_SECTION = {
+    "check_params": "sae",  # it parses every section; any one stands for all
     "prepare": "data", "train_ffn": "ffn", "select_ffn": "ffn", "collect": "collect", "calibrate": "sae",
     "train_sae": "sae", "evaluate": "evaluate", "baselines": "baselines", "features": "features",
     "planted": "planted", "truth": "truth",
@@ -216,8 +217,9 @@ def test_every_stage_is_in_the_battery():
 
 
 def test_every_stage_reads_device_when_it_uses_torch():
-    """Stages that run torch list `device` in dvc.yaml (prepare and planted are numpy only)."""
-    assert sorted(set(STAGES) - set(device_stages())) == ["planted", "prepare"]
+    """Stages that run torch list `device` in dvc.yaml (prepare and planted are numpy only;
+    check_params depends on the whole params.yaml file)."""
+    assert sorted(set(STAGES) - set(device_stages())) == ["check_params", "planted", "prepare"]
 
 
 def test_float_in_exponent_form_is_a_number(project):

