@@ -211,28 +211,28 @@ def add_scored(res: Results, method: str, k: int, reconstruct_fn, W_dec_FD: torc
     log(f"{method:18s} k={k}: L0 {row['l0']:.3f}  mse_norm {row['mse_norm']:.4f}  ce_recovered {row['ce_recovered']}")
 
 
-ROWS_FILE, DISTS_FILE = "rows.json", "dists.npz"
+ROWS_FILE, DISTS_DIR = "rows.json", "dists"
 
 
 def save_results(res: Results, out_dir, meta: dict) -> None:
-    """out_dir/rows.json (rows, probe_raw_acc, family, and `meta`: what the results were made with;
-    key order kept, floats exact through repr) and out_dir/dists.npz (one array per "method@k.cos"
-    and "method@k.mag", dtype kept). out_dir must exist."""
+    """out_dir/rows.json (rows, probe_raw_acc, family, the order of dists, and `meta`: what the
+    results were made with; key order kept, floats exact through repr) and one
+    out_dir/dists/<method>@<k>.<cos|mag>.npy per distribution (dtype kept). .npy rather than one
+    .npz: np.savez stamps the write time into the zip, and cached outputs are bit-reproducible."""
     out_dir = Path(out_dir)
-    doc = {"meta": meta, "rows": res.rows, "probe_raw_acc": res.probe_raw_acc, "family": res.family}
+    doc = {"meta": meta, "rows": res.rows, "probe_raw_acc": res.probe_raw_acc, "family": res.family,
+           "dists": {name: list(d) for name, d in res.dists.items()}}
     (out_dir / ROWS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
-    arrays = {f"{name}.{key}": v.numpy() for name, d in res.dists.items() for key, v in d.items()}
-    with open(out_dir / DISTS_FILE, "wb") as f:
-        np.savez(f, **arrays)
+    (out_dir / DISTS_DIR).mkdir()
+    for name, d in res.dists.items():
+        for key, v_M in d.items():
+            np.save(out_dir / DISTS_DIR / f"{name}.{key}.npy", v_M.numpy())
 
 
 def load_results(out_dir) -> tuple[Results, dict]:
     """(Results, meta) as `save_results` wrote them: the same rows, arrays and order."""
     out_dir = Path(out_dir)
     doc = json.loads((out_dir / ROWS_FILE).read_text())
-    dists: dict[str, dict] = {}
-    with np.load(out_dir / DISTS_FILE) as npz:
-        for name in npz.files:
-            method_k, key = name.rsplit(".", 1)
-            dists.setdefault(method_k, {})[key] = torch.from_numpy(npz[name])
+    dists = {name: {key: torch.from_numpy(np.load(out_dir / DISTS_DIR / f"{name}.{key}.npy")) for key in keys}
+             for name, keys in doc["dists"].items()}
     return Results(doc["rows"], dists, doc["probe_raw_acc"], doc["family"]), doc["meta"]

@@ -4,7 +4,7 @@ directions, an SAE family), fitted and scored once per change of their own param
     python -m stages.baselines COLLECTED_DIR FFN_CKPT OUT_DIR
 
 Fits on train, calibrates the family's lambdas on val, scores on baselines.eval_split; writes
-OUT_DIR/rows.json and OUT_DIR/dists.npz (mnist_sae.baselines.save_results). It does not read the
+OUT_DIR/rows.json and OUT_DIR/dists/*.npy (mnist_sae.baselines.save_results). It does not read the
 main SAE: the compare stage scores that one and writes the report, so a new sae.lambda refits
 nothing here.
 """
