@@ -26,8 +26,8 @@ from conftest import ROOT, env, make_project
 OWN_SECTION = {
     "check_params": "sae",  # it parses every section; any one stands for all
     "prepare": "data", "train_ffn": "ffn", "select_ffn": "ffn", "collect": "collect", "calibrate": "sae",
-    "train_sae": "sae", "evaluate": "evaluate", "baselines": "baselines", "features": "features",
-    "planted": "planted", "truth": "truth",
+    "train_sae": "sae", "evaluate": "evaluate", "baselines": "baselines", "compare": "baselines",
+    "features": "features", "planted": "planted", "truth": "truth",
 }
 DVC_YAML = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
@@ -85,6 +85,7 @@ CASES = [
     ("evaluate", {"evaluate.dense_threshold": 1.5}, ["evaluate.dense_threshold", "1.5", "[0, 1)"]),
     ("baselines", {"baselines.k": []}, ["baselines.k", "[]", "non-empty"]),
     ("baselines", {"baselines.eval_split": "train"}, ["baselines.eval_split", "'train'", "'val'", "'test'"]),
+    ("compare", {"baselines.top_n": 0}, ["baselines.top_n", "0", "> 0"]),
     ("features", {"features.split": "holdout"}, ["features.split", "'holdout'", "'train'"]),
     ("planted", {"planted.n_features": 8.5}, ["planted.n_features", "8.5", "expected an integer"]),
     ("planted", {"planted.p_min": 0.5, "planted.p_max": 0.1}, ["planted.p_min", "0.5", "<= p_max"]),
