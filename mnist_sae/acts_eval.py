@@ -59,6 +59,24 @@ def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO:
     return out
 
 
+def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, y_E: torch.Tensor,
+                  train: SplitRecon, cache: Cache, layers: list[int]) -> dict[str, dict]:
+    """{layer: splice_summary} for images x_EI: the SAE's reconstruction spliced in after each
+    layer at every token, and the mean ablation (the train rows' mean per token at that layer)."""
+    from mnist_sae.vit import spliced_logits
+
+    out = {}
+    for l in layers:
+        at_l = cache.meta["layer"][train.rows_N] == l
+        tok_N = torch.from_numpy(cache.meta["token"][train.rows_N][at_l])
+        x_l_ND = train.x_ND[torch.from_numpy(at_l)]
+        mean_SD = torch.stack([x_l_ND[tok_N == t].mean(0) for t in range(model.cfg.n_tokens)])
+        clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
+        _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_SD.expand_as(r_BSD))
+        out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
+    return out
+
+
 def probe_rows(cache: Cache, split: str, layer: int | None, token: int | None) -> np.ndarray:
     """Positions (into the split's rows) of the rows of one layer (None: all) and token (None: all)."""
     rows_N = cache.splits[split]
@@ -176,7 +194,8 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
                 lines.append(f"| {layer} | {name} | {r['accuracy']:.4f} | {r['macro_precision']:.4f} | "
                              f"{r['macro_recall']:.4f} | {r['macro_f1']:.4f} |")
         layer, by = sorted(out["probes"].items())[-1]
-        lines += ["", f"Per class, layer {layer}:", "", "| class | support | P codes | R codes | F1 codes | P raw | R raw | F1 raw |",
+        lines += ["", f"Per class, layer {layer}:", "",
+                  "| class | support | P codes | R codes | F1 codes | P raw | R raw | F1 raw |",
                   "|---|---|---|---|---|---|---|---|"]
         c, r = by["codes"], by["raw"]
         for k in range(len(c["support"])):

@@ -217,7 +217,8 @@ def write_residuals(model: ViT, x_NI: torch.Tensor, path, chunk: int = 256) -> d
 
 
 @torch.no_grad()
-def spliced_logits(model: ViT, x_NI: torch.Tensor, layer: int, replace, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def spliced_logits(model: ViT, x_NI: torch.Tensor, layer: int, replace,
+                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean logits_NO, spliced logits_NO): the residual after block `layer` at every token is
     replaced by replace(r_BSD) -> r_BSD and the rest of the model runs from there."""
     clean, spliced = [], []

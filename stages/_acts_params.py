@@ -49,8 +49,9 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class EvalParams:
-    dense_threshold: float = field(metadata=rule(lambda v: 0 <= v < 1, "a number in [0, 1)"))  # dense: active on more than this share of rows
-    probe_token: int | None = field(metadata=NON_NEGATIVE)  # probes read rows of this token (0 = class token); null = all rows
+    # a latent is dense when active on more than this share of a split's rows
+    dense_threshold: float = field(metadata=rule(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    probe_token: int | None = field(metadata=NON_NEGATIVE)  # probes read this token's rows (0 = class token); null = all
     probe_n_train: int = field(metadata=POSITIVE)  # train rows per probe (seeded subsample), same for codes and raw
     probe_C: float = field(metadata=POSITIVE)  # inverse L2 strength of the logistic probes
     probe_max_iter: int = field(metadata=POSITIVE)  # lbfgs iterations

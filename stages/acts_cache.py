@@ -15,7 +15,8 @@ import argparse
 import numpy as np
 import torch
 
-from mnist_sae.acts import check_finite, fingerprint, load_labels, load_meta, open_activations, parse_source, split_by_example, write_index
+from mnist_sae.acts import (check_finite, fingerprint, load_labels, load_meta, open_activations, parse_source,
+                            split_by_example, write_index)
 from mnist_sae.vit import ViT, write_residuals
 from stages._acts_params import start_acts_stage
 from stages._common import DataError, ParamError, atomic_path, load_prepared, load_torch, run, write_json

@@ -16,7 +16,7 @@ import torch
 from mnist_sae import acts_eval as ae
 from mnist_sae.acts import SPLITS, open_cache
 from mnist_sae.sae import SAE
-from mnist_sae.vit import ViT, spliced_logits
+from mnist_sae.vit import ViT
 from stages._acts_params import start_acts_stage
 from stages._common import ParamError, atomic_path, load_prepared, load_torch, run, save_figure, write_json, write_text
 
@@ -48,14 +48,7 @@ def main():
         x_NI, y_N = load_prepared(args.prep_dir, "test")
         index_E = np.load(f"{args.cache_dir}/example_index.npy")[ex_E]
         x_EI, y_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(y_N[index_E])
-        tr = recon["train"]
-        for l in layers:
-            at_l = cache.meta["layer"][tr.rows_N] == l
-            tok = torch.from_numpy(cache.meta["token"][tr.rows_N][at_l])
-            mean_SD = torch.stack([tr.x_ND[at_l][tok == t].mean(0) for t in range(model.cfg.n_tokens)])
-            clean_NO, spliced_NO = spliced_logits(model, x_EI, l, ae.sae_replacer(sae, mean_D, std_D))
-            _, ablated_NO = spliced_logits(model, x_EI, l, lambda r: mean_SD.expand_as(r))
-            spliced[str(l)] = ae.splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
+        spliced = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, recon["train"], cache, layers)
 
     probes, n_probe = {}, 0
     if cache.labels_R is not None:
@@ -65,7 +58,8 @@ def main():
             tr = ae.probe_rows(cache, "train", l, e.probe_token)
             tr = np.sort(rng.permutation(tr)[:e.probe_n_train])
             te = ae.probe_rows(cache, "test", l, e.probe_token)
-            feats = [{"codes": recon[s].a_NF[i].numpy(), "raw": recon[s].x_ND[i].numpy()} for s, i in (("train", tr), ("test", te))]
+            feats = [{"codes": recon[s].a_NF[i].numpy(), "raw": recon[s].x_ND[i].numpy()}
+                     for s, i in (("train", tr), ("test", te))]
             labels = [cache.split_labels(s)[i] for s, i in (("train", tr), ("test", te))]
             probes["all" if l is None else str(l)] = ae.compare_probes(feats[0], labels[0], feats[1], labels[1], n_classes,
                                                                        C=e.probe_C, max_iter=e.probe_max_iter, seed=e.seed)

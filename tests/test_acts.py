@@ -71,7 +71,8 @@ def test_bad_inputs_raise_one_clear_error(tmp_path):
     cases = [("npy:" + str(tmp_path / "missing.npy"), "not found"),
              ("npy:" + str(tmp_path / "three_d.npy"), "expected a non-empty (N, D) array"),
              ("npy:" + str(tmp_path / "ints.npy"), "expected a float dtype"),
-             ("raw:" + str(tmp_path / "odd.raw") + ":float32:4", "30 bytes is not a positive multiple of D x itemsize = 4 x 4 = 16")]
+             ("raw:" + str(tmp_path / "odd.raw") + ":float32:4",
+              "30 bytes is not a positive multiple of D x itemsize = 4 x 4 = 16")]
     for source, message in cases:
         with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
             open_activations(parse_source(source))
@@ -215,7 +216,7 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     np.savez(user / "meta.npz", example=np.repeat(np.arange(n_ex), n_layer), layer=np.tile(np.arange(n_layer), n_ex))
     set_params(project, {"acts.source": f"npy:{user / 'acts.npy'}", "acts.labels": str(user / "labels.npy"),
                          "acts.meta": str(user / "meta.npz"), "acts.eval.probe_token": None, "acts.sae.n_latents": 16,
-                         "acts.sae.target_l0": 3.0, "acts.sae.aux_k": 4})
+                         "acts.sae.target_l0": 3.0, "acts.sae.aux_k": 4, "acts.sae.arch": "jumprelu"})
     proc = dvc(project, "repro", "acts_eval")
     assert "prepare" not in ran_stages(proc) and "acts_sae" in ran_stages(proc)
     assert json.loads((project / "metrics/acts_model.json").read_text())["trained"] is False
@@ -230,7 +231,8 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     set_params(project, {"acts.source": f"npy:{user / 'bad.npy'}"})
     before = (project / "metrics/acts_cache.json").read_text()
     proc = subprocess.run([sys.executable, "-m", "stages.acts_cache", "data/prepared", "data/acts/model.pt",
-                           "data/acts/cache", "metrics/acts_cache.json"], cwd=project, env=env(), capture_output=True, text=True)
+                           "data/acts/cache", "metrics/acts_cache.json"], cwd=project, env=env(), capture_output=True,
+                          text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {user / 'bad.npy'}: 1 rows contain NaN or inf (first: row 5); "
                                                 "only finite values are allowed"]
