@@ -27,7 +27,7 @@ class SplitRecon:
         self.rows_N = cache.splits[split]
         self.x_ND = torch.from_numpy(cache.load_split(split))
         self.z_ND = to_z(self.x_ND, mean_D, std_D, True)
-        self.z_hat_ND, self.a_NF = reconstruct(sae, self.z_ND)
+        self.z_hat_ND, self.a_NF = (t.cpu() for t in reconstruct(sae, self.z_ND))  # the SAE may sit on CUDA
         self.x_hat_ND = to_y(self.z_hat_ND, mean_D, std_D, True)
 
     def metrics(self, centre_D: torch.Tensor, dense_threshold: float, keep_N: np.ndarray | None = None) -> dict:
@@ -41,7 +41,7 @@ class SplitRecon:
 def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
     """r_BSD -> the SAE's reconstruction of every token's residual, in the residual's units."""
     def replace(r_BSD: torch.Tensor) -> torch.Tensor:
-        z_hat_ND, _ = reconstruct(sae, to_z(r_BSD.reshape(-1, r_BSD.shape[-1]), mean_D, std_D, True))
+        z_hat_ND = reconstruct(sae, to_z(r_BSD.reshape(-1, r_BSD.shape[-1]), mean_D, std_D, True))[0].cpu()
         return to_y(z_hat_ND, mean_D, std_D, True).reshape(r_BSD.shape)
     return replace
 

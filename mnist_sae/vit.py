@@ -174,7 +174,7 @@ def train_vit(model: ViT, x_NI: torch.Tensor, y_N: torch.Tensor, settings: ViTSe
     history = ViTHistory()
     for _ in range(settings.epochs):
         perm_N = torch.randperm(n, generator=generator)
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=x_NI.device)
         for i in range(steps_per_epoch):
             idx_B = perm_N[i * bs:(i + 1) * bs]
             loss = F.cross_entropy(model(x_NI[idx_B]), y_N[idx_B].long())
@@ -206,10 +206,11 @@ def write_residuals(model: ViT, x_NI: torch.Tensor, path, chunk: int = 256) -> d
     L, S, D = model.cfg.n_layers, model.cfg.n_tokens, model.cfg.d_model
     N = x_NI.shape[0]
     out_RD = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(N * L * S, D))
+    device = model.W_patch_QD.device
     for i in range(0, N, chunk):
-        _, r_LBSD = model.residuals(x_NI[i:i + chunk])
+        _, r_LBSD = model.residuals(x_NI[i:i + chunk].to(device))
         r_BLSD = r_LBSD.permute(1, 0, 2, 3)
-        out_RD[i * L * S:(i + r_BLSD.shape[0]) * L * S] = r_BLSD.reshape(-1, D).to(torch.float16).numpy()
+        out_RD[i * L * S:(i + r_BLSD.shape[0]) * L * S] = r_BLSD.reshape(-1, D).to(torch.float16).cpu().numpy()
     out_RD.flush()
     del out_RD
     ex_R, layer_R, token_R = (a.reshape(-1) for a in np.meshgrid(np.arange(N), np.arange(L), np.arange(S), indexing="ij"))

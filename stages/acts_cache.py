@@ -27,13 +27,13 @@ def main():
     for name in ("prep_dir", "model_pt", "cache_dir", "metrics_json"):
         parser.add_argument(name)
     args = parser.parse_args()
-    p, _ = start_acts_stage()
+    p, device = start_acts_stage()
     spec = parse_source(p.source)
     if spec.kind == "transformer":
         ckpt = load_torch(args.model_pt)
         if not ckpt.get("trained"):
             raise DataError(f"{args.model_pt}: no transformer in it; run `dvc repro acts_model`")
-        model = ViT.from_checkpoint(ckpt["vit"]).eval()
+        model = ViT.from_checkpoint(ckpt["vit"]).eval().to(device)
         x_NI, y_N = load_prepared(args.prep_dir, "test")
         if p.n_examples > len(y_N):
             raise ParamError(f"acts.n_examples = {p.n_examples}: the prepared test split has only {len(y_N)} examples")
@@ -64,6 +64,7 @@ def main():
         write_index(tmp, labels_R, meta, splits, info)
     summary = {k: info[k] for k in ("kind", "d", "n_rows", "n_layers", "n_tokens")}
     summary["split_rows"] = {k: int(len(v)) for k, v in splits.items()}
+    summary["device"] = device
     write_json(args.metrics_json, summary)
     print(f"cache: {info['n_rows']} rows x {info['d']} ({info['kind']}), splits {summary['split_rows']}")
 

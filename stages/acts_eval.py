@@ -26,13 +26,13 @@ def main():
     for name in ("prep_dir", "model_pt", "cache_dir", "sae_pt", "metrics_json", "report_md", "plots_dir"):
         parser.add_argument(name)
     args = parser.parse_args()
-    p, _ = start_acts_stage(lambda p: p.eval.seed)
+    p, device = start_acts_stage(lambda p: p.eval.seed)
     e = p.eval
     cache = open_cache(args.cache_dir)
     if e.probe_token is not None and "token" not in cache.meta:
         raise ParamError(f"acts.eval.probe_token = {e.probe_token}: the cache has no token column; set null")
     ckpt = load_torch(args.sae_pt)
-    sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval(), ckpt["mean_D"], ckpt["std_D"]
+    sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), ckpt["mean_D"], ckpt["std_D"]
     layers = [int(v) for v in np.unique(cache.meta["layer"])] if "layer" in cache.meta else []
     recon = {s: ae.SplitRecon(cache, s, sae, mean_D, std_D) for s in SPLITS}
     splits = {}
@@ -76,7 +76,7 @@ def main():
            "cache": {k: cache.info[k] for k in ("kind", "d", "n_rows", "split_rows")},
            "sae": {"arch": sae.cfg.arch, "n_latents": sae.cfg.n_latents, "lambda": ckpt["lambda"],
                    "lambda_source": ckpt["lambda_source"]},
-           "splits": splits, "spliced": spliced, "probes": probes}
+           "splits": splits, "spliced": spliced, "probes": probes, "device": device}
     write_text(args.report_md, ae.markdown_report(out, usage_rows))
     out["probes"] = {l: {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in by.items()} for l, by in probes.items()}
     with atomic_path(args.plots_dir) as tmp:

@@ -27,7 +27,7 @@ def main():
     p, device = start_acts_stage(lambda p: p.model.seed)
     if parse_source(p.source).kind != "transformer":
         save_torch(args.model_pt, {"trained": False})
-        write_json(args.metrics_json, {"trained": False, "source": p.source})
+        write_json(args.metrics_json, {"trained": False, "source": p.source, "device": device})
         print(f"acts.source {p.source}: no model to train")
         return
     x_NI, y_N = (torch.from_numpy(a) for a in load_prepared(args.prep_dir, "train"))
