@@ -29,6 +29,7 @@ SECTIONS = {
     "features": ("stages.features", lambda m, raw: load_params(m.FeaturesParams, "features", raw)),
     "planted": ("stages.planted", lambda m, raw: load_params(m.PlantedParams, "planted", raw)),
     "truth": ("stages.truth", lambda m, raw: load_params(m.TruthParams, "truth", raw)),
+    "acts": ("stages._acts_params", lambda m, raw: m.load_acts_params(raw)),
 }
 OK = "params.yaml: every key is read by a stage and valid\n"
 
