@@ -127,7 +127,8 @@ def test_typo_in_params_stops_dvc_repro_before_any_work(pipeline_run, tmp_path):
     """A key no stage reads must not pass as "up to date": check_params names it and its nearest key."""
     project = clone_run(pipeline_run, tmp_path / "p")
     text = (project / "params.yaml").read_text()
-    (project / "params.yaml").write_text(text.replace("  lambda: null", "  lambda: null\n  lamda: 0.12", 1))
+    assert "\nsae:\n" in text
+    (project / "params.yaml").write_text(text.replace("\nsae:\n", "\nsae:\n  lamda: 0.12\n", 1))
     proc = dvc(project, "repro", check=False)
     assert proc.returncode != 0
     assert ran_stages(proc) == ["check_params"]
