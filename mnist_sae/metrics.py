@@ -311,3 +311,58 @@ def pooled_label_purity(counts_FC: torch.Tensor) -> float:
     counts_FC = counts_FC.double()
     total = counts_FC.sum()
     return (counts_FC.max(dim=1).values.sum() / total).item() if total > 0 else float("nan")
+
+
+# --- no-head reconstruction metrics (activation caches) ---------------------------------------
+# SAEBench core metrics (Karvonen et al. 2025, arXiv:2503.09532, "core" eval: cossim, l2_ratio,
+# explained variance, relative reconstruction bias) for sites with no classifier head.
+
+
+def cosine_similarity(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
+    """Mean over rows of <x_n, x_hat_n> / (||x_n|| ||x_hat_n||) (SAEBench core "cossim"); a zero
+    row counts as cosine 0."""
+    x_ND, x_hat_ND = x_ND.double(), x_hat_ND.double()
+    den_N = (x_ND.norm(dim=1) * x_hat_ND.norm(dim=1)).clamp(min=1e-12)
+    return ((x_ND * x_hat_ND).sum(dim=1) / den_N).mean().item()
+
+
+def l2_ratio(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
+    """Mean over rows of ||x_hat_n|| / ||x_n|| (SAEBench core "l2_ratio"): < 1 means the
+    reconstruction is shrunk; rows with x = 0 are skipped."""
+    x_ND, x_hat_ND = x_ND.double(), x_hat_ND.double()
+    n_N = x_ND.norm(dim=1)
+    keep_N = n_N > 0
+    return (x_hat_ND.norm(dim=1)[keep_N] / n_N[keep_N]).mean().item()
+
+
+def reconstruction(x_ND: torch.Tensor, x_hat_ND: torch.Tensor, z_ND: torch.Tensor, z_hat_ND: torch.Tensor,
+                   a_NF: torch.Tensor, centre_D: torch.Tensor, dense_threshold: float = 0.1) -> dict:
+    """The no-head metrics of one split, x in the source's units, z the SAE's (standardized) input:
+
+    mse (x units), mse_norm (z space), explained_variance (x, about this split's mean, 1 - SSE/SST,
+    SAEBench's definition), cosine_similarity, l2_ratio (x), relative_reconstruction_bias (x and
+    x_hat centred by centre_D, the train mean), l0, dead_fraction and dense_fraction (this split).
+    """
+    freq_F = latent_frequency(a_NF)
+    return {"mse": mse(x_ND, x_hat_ND), "mse_norm": mse(z_ND, z_hat_ND),
+            "explained_variance": explained_variance(x_ND, x_hat_ND),
+            "cosine_similarity": cosine_similarity(x_ND, x_hat_ND), "l2_ratio": l2_ratio(x_ND, x_hat_ND),
+            "relative_reconstruction_bias": relative_reconstruction_bias(x_ND - centre_D, x_hat_ND - centre_D),
+            "l0": l0(a_NF), "dead_fraction": dead_fraction(freq_F),
+            "dense_fraction": dense_fraction(freq_F, dense_threshold)}
+
+
+def per_class_prf(y_true_N, y_pred_N, n_classes: int) -> dict:
+    """Per class c = 0..n_classes-1: precision = TP / (TP + FP), recall = TP / (TP + FN),
+    F1 = 2 P R / (P + R), support = #{y_true = c} (scikit-learn's precision_recall_fscore_support,
+    zero_division 0, i.e. the numbers of its classification_report); plus accuracy and the
+    macro averages (unweighted mean over classes)."""
+    import numpy as np
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true_N, y_pred_N = np.asarray(y_true_N), np.asarray(y_pred_N)
+    p_C, r_C, f_C, s_C = precision_recall_fscore_support(y_true_N, y_pred_N, labels=list(range(n_classes)),
+                                                         zero_division=0)
+    return {"accuracy": float((y_true_N == y_pred_N).mean()), "precision": p_C.tolist(), "recall": r_C.tolist(),
+            "f1": f_C.tolist(), "support": s_C.tolist(), "macro_precision": float(p_C.mean()),
+            "macro_recall": float(r_C.mean()), "macro_f1": float(f_C.mean())}

@@ -6,7 +6,7 @@ shift) on val, score on test.
 
 - SAEs (mnist_sae.sae, trained by mnist_sae.sae_train): jumprelu with the sigmoid surrogate and
   with the rectangle pseudo-derivative, relu + L1 (lambda calibrated to val L0 = k), topk (k).
-- Dictionaries (mnist_sae.baselines): PCA top-k (k atoms), k-means centroid directions and random
+- Dictionaries (mnist_sae.dictionaries): PCA top-k (k atoms), k-means centroid directions and random
   unit directions (n_latents atoms each) with the top-k least-squares encoder (L0 = k).
 
 The SAE input is the raw activation x (no per-dimension scaling, which would bend the planted
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# the dictionary baselines, imported by name in one place (they may move to mnist_sae.dictionaries)
-from mnist_sae.baselines import fit_kmeans, fit_pca, pca_dictionary, random_directions, topk_dictionary
+# the dictionary baselines (the same ones the baselines stage fits)
+from mnist_sae.dictionaries import fit_kmeans, fit_pca, pca_dictionary, random_directions, topk_dictionary
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
 from mnist_sae.sae_train import TrainSettings, calibrate, shift_thresholds_, train_sae
 from mnist_sae.truth import truth_scores

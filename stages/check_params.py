@@ -25,10 +25,11 @@ SECTIONS = {
     "collect": ("stages.collect", lambda m, raw: load_params(m.CollectParams, "collect", raw)),
     "sae": ("stages._sae_params", lambda m, raw: m.load_sae_params(raw)),
     "evaluate": ("stages.evaluate", lambda m, raw: load_params(m.EvaluateParams, "evaluate", raw)),
-    "baselines": ("stages.baselines", lambda m, raw: load_params(m.BaselinesParams, "baselines", raw)),
+    "baselines": ("stages._baselines_params", lambda m, raw: load_params(m.BaselinesParams, "baselines", raw)),
     "features": ("stages.features", lambda m, raw: load_params(m.FeaturesParams, "features", raw)),
     "planted": ("stages.planted", lambda m, raw: load_params(m.PlantedParams, "planted", raw)),
     "truth": ("stages.truth", lambda m, raw: load_params(m.TruthParams, "truth", raw)),
+    "acts": ("stages._acts_params", lambda m, raw: m.load_acts_params(raw)),
 }
 OK = "params.yaml: every key is read by a stage and valid\n"
 

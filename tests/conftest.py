@@ -50,6 +50,22 @@ TINY_OPTIONAL = {
     "truth.lambda_num": 3,
     "truth.refine": 0,
     "truth.kmeans_max_iter": 10,
+    "acts.n_examples": 40,
+    "acts.model.d_model": 16,
+    "acts.model.n_heads": 2,
+    "acts.model.d_mlp": 32,
+    "acts.model.batch_size": 32,
+    "acts.sae.n_latents": 32,
+    "acts.sae.target_l0": 4.0,
+    "acts.sae.epochs": 1,
+    "acts.sae.batch_size": 64,
+    "acts.sae.aux_k": 8,
+    "acts.sae.log_every": 5,
+    "acts.sae.calibration.num": 3,
+    "acts.sae.calibration.refine": 0,
+    "acts.sae.calibration.batch_size": 64,
+    "acts.eval.probe_n_train": 200,
+    "acts.eval.top_latents": 8,
 }
 
 GIT_ENV = {

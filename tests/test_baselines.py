@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from mnist_sae import baselines as B
+from mnist_sae import baselines_report as R
+from mnist_sae import dictionaries as Dn
+from mnist_sae import references as Ref
 from mnist_sae import metrics
 from tests.conftest import clone_run, dvc, set_params, sh
 
@@ -25,13 +28,13 @@ def test_pca_reconstructs_rank_k_data_exactly():
     g = gen()
     N, D, K = 300, 10, 3
     z_ND = torch.randn(N, K, generator=g) @ torch.randn(K, D, generator=g) + torch.randn(D, generator=g)
-    comps_KD, mean_D = B.fit_pca(z_ND, K)
+    comps_KD, mean_D = Dn.fit_pca(z_ND, K)
     assert torch.allclose(comps_KD @ comps_KD.T, torch.eye(K), atol=1e-5)  # orthonormal axes
-    z_hat_ND, a_NK = B.pca_dictionary(comps_KD, mean_D).reconstruct(z_ND)
+    z_hat_ND, a_NK = Dn.pca_dictionary(comps_KD, mean_D).reconstruct(z_ND)
     assert metrics.mse(z_ND, z_hat_ND) < 1e-9
     assert metrics.l0(a_NK) == K
     # one component fewer cannot reconstruct rank-3 data
-    z_hat2_ND, _ = B.pca_dictionary(comps_KD[:K - 1], mean_D).reconstruct(z_ND)
+    z_hat2_ND, _ = Dn.pca_dictionary(comps_KD[:K - 1], mean_D).reconstruct(z_ND)
     assert metrics.mse(z_ND, z_hat2_ND) > 1e-3
 
 
@@ -40,12 +43,12 @@ def test_kmeans_finds_well_separated_clusters():
     centers_CD = torch.tensor([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0], [-10.0, -10.0, -10.0]])
     labels_N = torch.arange(400) % 4
     z_ND = centers_CD[labels_N] + 0.1 * torch.randn(400, 3, generator=g)
-    C_FD = B.fit_kmeans(z_ND, 4, seed=0, n_init=3)
+    C_FD = Dn.fit_kmeans(z_ND, 4, seed=0, n_init=3)
     # each true center has a centroid within the noise
     dist_CF = torch.cdist(centers_CD, C_FD)
     assert dist_CF.min(dim=1).values.max() < 0.1
     assert sorted(dist_CF.argmin(dim=1).tolist()) == [0, 1, 2, 3]
-    dic = B.kmeans_dictionary(C_FD, z_ND.mean(0))
+    dic = Dn.kmeans_dictionary(C_FD, z_ND.mean(0))
     z_hat_ND, a_NF = dic.reconstruct(z_ND)
     assert metrics.l0(a_NF) == 1.0 and set(a_NF.unique().tolist()) == {0.0, 1.0}
     assert torch.allclose(z_hat_ND, C_FD[a_NF.argmax(1)], atol=1e-5)  # nearest centroid
@@ -58,7 +61,7 @@ def test_gain_shape_k1_is_best_direction_times_projection():
     C_FD = torch.randn(8, 5, generator=g)
     z_ND = torch.randn(50, 5, generator=g)
     mean_D = torch.zeros(5)
-    dic = B.topk_dictionary(C_FD, mean_D, k=1)
+    dic = Dn.topk_dictionary(C_FD, mean_D, k=1)
     z_hat_ND, a_NF = dic.reconstruct(z_ND)
     d_FD = C_FD / C_FD.norm(dim=1, keepdim=True)
     proj_NF = z_ND @ d_FD.T
@@ -73,19 +76,19 @@ def test_topk_least_squares_recovers_sparse_combinations():
     # recovers the coefficients exactly, zeros elsewhere
     W_FD = torch.eye(6)
     z_1D = torch.tensor([[0.0, 3.0, 0.0, 0.0, -2.0, 0.0]])
-    a_1F = B.topk_least_squares(z_1D, W_FD, 2)
+    a_1F = Dn.topk_least_squares(z_1D, W_FD, 2)
     assert torch.allclose(a_1F, torch.tensor([[0.0, 3.0, 0.0, 0.0, -2.0, 0.0]]), atol=1e-6)
     # non-orthogonal atoms: least squares, not projections
-    W2_FD = B.unit_rows(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    W2_FD = Dn.unit_rows(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
     z2_1D = torch.tensor([[2.0, 1.0]])
-    a2 = B.topk_least_squares(z2_1D, W2_FD, 2)
+    a2 = Dn.topk_least_squares(z2_1D, W2_FD, 2)
     assert torch.allclose(a2 @ W2_FD, z2_1D, atol=1e-5)
 
 
 def test_random_dictionary_with_k_equal_d_is_exact():
     g = gen(4)
     z_ND = torch.randn(40, 4, generator=g)
-    dic = B.topk_dictionary(B.random_directions(16, 4, gen(5)), z_ND.mean(0), k=4)
+    dic = Dn.topk_dictionary(Dn.random_directions(16, 4, gen(5)), z_ND.mean(0), k=4)
     z_hat_ND, a_NF = dic.reconstruct(z_ND)
     assert metrics.mse(z_ND, z_hat_ND) < 1e-9 and metrics.l0(a_NF) == 4.0
 
@@ -93,16 +96,16 @@ def test_random_dictionary_with_k_equal_d_is_exact():
 def test_class_directions_point_at_class_means():
     z_ND = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, -3.0], [0.0, -5.0]])
     y_N = torch.tensor([0, 0, 1, 1])
-    W_CD = B.class_directions(z_ND, y_N, torch.zeros(2), n_classes=2)
+    W_CD = Dn.class_directions(z_ND, y_N, torch.zeros(2), n_classes=2)
     assert torch.allclose(W_CD, torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
     with pytest.raises(ValueError, match="every class"):
-        B.class_directions(z_ND, y_N, torch.zeros(2), n_classes=3)
+        Dn.class_directions(z_ND, y_N, torch.zeros(2), n_classes=3)
 
 
 def test_nonnegative_atoms_splits_signed_codes():
     a_NF = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
-    assert torch.equal(B.nonnegative_atoms(a_NF, signed=True), torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, 3.0, 0.0, 0.0]]))
-    assert B.nonnegative_atoms(a_NF, signed=False) is a_NF
+    assert torch.equal(Dn.nonnegative_atoms(a_NF, signed=True), torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, 3.0, 0.0, 0.0]]))
+    assert Dn.nonnegative_atoms(a_NF, signed=False) is a_NF
 
 
 # --- monosemanticity and geometry metrics -----------------------------------------------------
@@ -192,10 +195,10 @@ def small_site(n=400, d=10, seed=0):
                        True, "test", lambda y: y)
 
 
-def test_run_baselines_reference_methods_only():
+def test_run_references_reference_methods_only():
     site = small_site()
-    res = B.run_baselines(site, [1, 2], 12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50,
-                          probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
+    res = Ref.run_references(site, [1, 2], 12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50,
+                             probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
     rows = {(r["method"], r["k"]): r for r in res.rows}
     assert set(rows) == {("kmeans", 1)} | {(m, k) for m in B.REFERENCE_METHODS for k in (1, 2)}
     for (method, k), r in rows.items():
@@ -206,25 +209,42 @@ def test_run_baselines_reference_methods_only():
     assert rows[("pca", 2)]["mse_norm"] < rows[("pca", 1)]["mse_norm"]
     assert rows[("class", 1)]["mse_norm"] < rows[("random", 1)]["mse_norm"]
     assert rows[("pca", 2)]["cos_abs_max"] < 1e-5  # orthonormal axes
-    out = B.results_json(res, {"site": "logits"})
+    out = R.results_json(res, {"site": "logits"})
     assert set(out) >= {"k1", "k2", "probe_raw_acc"} and "kmeans" in out["k1"]
     json.dumps(out, allow_nan=False)  # no NaN reaches JSON
-    md = B.markdown_report(res, {"site": "logits"}, [])
+    md = R.markdown_report(res, {"site": "logits"}, [])
     assert "## k = 1" in md and "## k = 2" in md and "lowest normalized MSE" in md
-    csvs = B.frontier_csvs(res)
+    csvs = R.frontier_csvs(res)
     assert set(csvs) == {f"frontier_{m}.csv" for m in B.METHOD_ORDER}
     assert csvs["frontier_sae_main.csv"].count("\n") == 1  # header only: not run
 
 
-def test_run_baselines_with_sae_family():
+def test_results_files_round_trip(tmp_path):
+    site = small_site()
+    res = Ref.run_references(site, [1], 8, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=20,
+                             probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
+    B.save_results(res, tmp_path, {"ks": [1]})
+    back, meta = B.load_results(tmp_path)
+    assert meta == {"ks": [1]} and back.rows == res.rows and back.probe_raw_acc == res.probe_raw_acc
+    assert list(back.dists) == list(res.dists)
+    for name, d in res.dists.items():
+        for key, v in d.items():
+            assert back.dists[name][key].dtype == v.dtype and torch.equal(back.dists[name][key], v), (name, key)
+    # the report from the reloaded results is the report from the original ones
+    header = {"site": "logits"}
+    assert R.markdown_report(back, header, []) == R.markdown_report(res, header, [])
+    assert R.results_json(back, header) == R.results_json(res, header)
+
+
+def test_run_references_with_sae_family():
     from mnist_sae.sae import SAEConfig
 
     torch.set_num_threads(1)
     site = small_site(n=600)
-    family = B.FamilySettings(lr=1e-2, epochs=2, batch_size=32, lambdas=(1e-3, 1e-2, 1e-1, 1.0, 10.0), refine=1,
+    family = Ref.FamilySettings(lr=1e-2, epochs=2, batch_size=32, lambdas=(1e-3, 1e-2, 1e-1, 1.0, 10.0), refine=1,
                               kl_coef=1.0, aux_coef=1 / 32, dead_steps=20, shift_thresholds=True)
-    res = B.run_baselines(site, [2], 12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50, probe=None,
-                          family=family, base_cfg=SAEConfig(n_latents=12), log=lambda *_: None)
+    res = Ref.run_references(site, [2], 12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50, probe=None,
+                             family=family, base_cfg=SAEConfig(n_latents=12), log=lambda *_: None)
     rows = {r["method"]: r for r in res.rows if r["k"] == 2}
     assert set(B.FAMILY) <= set(rows)
     assert rows["sae_topk"]["l0"] <= 2.0
@@ -256,12 +276,25 @@ def test_stage_outputs_on_tiny_pipeline(pipeline_run):
     assert {"baselines_mse_vs_l0", "baselines_ce_recovered_vs_l0", "baselines_purity_vs_l0"} <= set(shown["data"])
 
 
-def test_stage_rejects_bad_params_before_writing(pipeline_run, tmp_path):
+BASELINES_CMD = ("stages.baselines", "data/collected", "data/ffn_selected.pt", "data/baselines")
+COMPARE_CMD = ("stages.compare", "data/collected", "data/ffn_selected.pt", "data/sae/sae.pt", "data/baselines",
+               "metrics/baselines.json", "metrics/BASELINES.md", "plots/baselines")
+
+
+@pytest.mark.parametrize("cmd", [BASELINES_CMD, COMPARE_CMD], ids=["baselines", "compare"])
+def test_stages_reject_bad_params_before_writing(pipeline_run, tmp_path, cmd):
     project = clone_run(pipeline_run, tmp_path / "p")
     set_params(project, {"baselines.k": [2, 1]})
-    before = (project / "metrics" / "baselines.json").read_bytes()
-    proc = sh(project, sys.executable, "-m", "stages.baselines", "data/collected", "data/ffn_selected.pt",
-              "data/sae/sae.pt", "metrics/baselines.json", "metrics/BASELINES.md", "plots/baselines", check=False)
+    before = {name: (project / name).read_bytes() for name in ("metrics/baselines.json", "data/baselines/rows.json")}
+    proc = sh(project, sys.executable, "-m", *cmd, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "baselines.k" in proc.stderr and "Traceback" not in proc.stderr
-    assert (project / "metrics" / "baselines.json").read_bytes() == before
+    assert {name: (project / name).read_bytes() for name in before} == before
+
+
+def test_compare_refuses_references_made_with_other_params(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    set_params(project, {"baselines.top_n": 7})
+    proc = sh(project, sys.executable, "-m", *COMPARE_CMD, check=False)
+    assert proc.returncode != 0 and "top_n" in proc.stderr and "dvc repro baselines" in proc.stderr
+    assert "Traceback" not in proc.stderr

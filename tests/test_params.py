@@ -26,8 +26,9 @@ from conftest import ROOT, env, make_project
 OWN_SECTION = {
     "check_params": "sae",  # it parses every section; any one stands for all
     "prepare": "data", "train_ffn": "ffn", "select_ffn": "ffn", "collect": "collect", "calibrate": "sae",
-    "train_sae": "sae", "evaluate": "evaluate", "baselines": "baselines", "features": "features",
-    "planted": "planted", "truth": "truth",
+    "train_sae": "sae", "evaluate": "evaluate", "baselines": "baselines", "compare": "baselines",
+    "features": "features", "planted": "planted", "truth": "truth",
+    "acts_model": "acts", "acts_cache": "acts", "acts_sae": "acts", "acts_eval": "acts",
 }
 DVC_YAML = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
@@ -85,6 +86,7 @@ CASES = [
     ("evaluate", {"evaluate.dense_threshold": 1.5}, ["evaluate.dense_threshold", "1.5", "[0, 1)"]),
     ("baselines", {"baselines.k": []}, ["baselines.k", "[]", "non-empty"]),
     ("baselines", {"baselines.eval_split": "train"}, ["baselines.eval_split", "'train'", "'val'", "'test'"]),
+    ("compare", {"baselines.top_n": 0}, ["baselines.top_n", "0", "> 0"]),
     ("features", {"features.split": "holdout"}, ["features.split", "'holdout'", "'train'"]),
     ("planted", {"planted.n_features": 8.5}, ["planted.n_features", "8.5", "expected an integer"]),
     ("planted", {"planted.p_min": 0.5, "planted.p_max": 0.1}, ["planted.p_min", "0.5", "<= p_max"]),
@@ -96,6 +98,15 @@ CASES = [
     ("truth", {"truth.l0": [4, 2]}, ["truth.l0", "[4, 2]", "strictly increasing"]),
     ("truth", {"truth.lr": "1e-2"}, ["truth.lr", "'1e-2'", "expected a number"]),
     ("truth", {"truth.lambda_min": 2.0}, ["truth.lambda_min", "2.0", "< lambda_max"]),
+    ("acts_cache", {"acts.source": "hdf5:x.h5"}, ["acts.source", "'hdf5:x.h5'", "npy:<path>", "raw:<path>"]),
+    ("acts_cache", {"acts.source": "raw:x.mmap:int8:768"}, ["acts.source", "float16|float32|bfloat16"]),
+    ("acts_model", {"acts.model.n_heads": 3}, ["acts.model.n_heads", "3", "divide d_model"]),
+    ("acts_sae", {"acts.sae.kl_coef": 1.0}, ["acts.sae.kl_coef", "1.0", "must be 0.0"]),
+    ("acts_sae", {"acts.sae.lambda": 0.0}, ["acts.sae.lambda", "0.0", "> 0"]),
+    ("acts_sae", {"acts.sae.target_l0": 600.0}, ["acts.sae.target_l0", "600.0", "<= n_latents"]),
+    ("acts_eval", {"acts.eval.dense_threshold": 1.0}, ["acts.eval.dense_threshold", "1.0", "[0, 1)"]),
+    ("acts_cache", {"acts.labels": "y.npy"}, ["acts.labels", "'y.npy'", "only for npy: or raw:"]),
+    ("acts_cache", {"acts.source": "npy:/nonexistent/acts.npy"}, ["/nonexistent/acts.npy", "not found"]),
 ]
 
 

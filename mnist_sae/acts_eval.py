@@ -1,0 +1,215 @@
+"""Evaluation of an SAE on an activation cache, with no classifier head needed.
+
+Per split: metrics.reconstruction (MSE, normalized MSE, explained variance, cosine, L2 ratio,
+relative reconstruction bias, L0, dead and dense fractions), overall and per layer when the cache
+has a layer column. With the transformer: spliced fidelity (mnist_sae.vit.spliced_logits), the
+SAE's reconstruction fed back at each layer at every token. Probes: logistic regression on SAE
+codes vs raw activations, per layer, same rows and budget, with per-class precision / recall / F1.
+Feature usage: each latent's firings by layer, by token and by label on the test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mnist_sae import metrics
+from mnist_sae.acts import Cache
+from mnist_sae.baselines import fit_probe
+from mnist_sae.collect import to_y, to_z
+from mnist_sae.sae import SAE, reconstruct
+
+
+class SplitRecon:
+    """x (source units), z (standardized), their reconstructions and the codes of one split."""
+
+    def __init__(self, cache: Cache, split: str, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
+        self.rows_N = cache.splits[split]
+        self.x_ND = torch.from_numpy(cache.load_split(split))
+        self.z_ND = to_z(self.x_ND, mean_D, std_D, True)
+        self.z_hat_ND, self.a_NF = (t.cpu() for t in reconstruct(sae, self.z_ND))  # the SAE may sit on CUDA
+        self.x_hat_ND = to_y(self.z_hat_ND, mean_D, std_D, True)
+
+    def metrics(self, centre_D: torch.Tensor, dense_threshold: float, keep_N: np.ndarray | None = None) -> dict:
+        if keep_N is None:
+            keep_N = slice(None)
+        keep_N = torch.as_tensor(keep_N) if not isinstance(keep_N, slice) else keep_N
+        return metrics.reconstruction(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.z_ND[keep_N],
+                                      self.z_hat_ND[keep_N], self.a_NF[keep_N], centre_D, dense_threshold)
+
+
+def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
+    """r_BSD -> the SAE's reconstruction of every token's residual, in the residual's units."""
+    def replace(r_BSD: torch.Tensor) -> torch.Tensor:
+        z_hat_ND = reconstruct(sae, to_z(r_BSD.reshape(-1, r_BSD.shape[-1]), mean_D, std_D, True))[0].cpu()
+        return to_y(z_hat_ND, mean_D, std_D, True).reshape(r_BSD.shape)
+    return replace
+
+
+def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO: torch.Tensor, y_N: torch.Tensor) -> dict:
+    """Accuracy and CE of the clean and spliced model, the drop, KL(clean || spliced) and CE
+    recovered against mean ablation (metrics.ce_recovered)."""
+    out = {"acc_clean": metrics.accuracy(clean_NO, y_N), "acc_spliced": metrics.accuracy(spliced_NO, y_N),
+           "ce_clean": metrics.cross_entropy(clean_NO, y_N), "ce_spliced": metrics.cross_entropy(spliced_NO, y_N),
+           "ce_ablated": metrics.cross_entropy(ablated_NO, y_N), "kl": metrics.kl_divergence(clean_NO, spliced_NO),
+           "agreement": metrics.agreement(clean_NO, spliced_NO)}
+    out["acc_drop_pp"] = 100.0 * (out["acc_clean"] - out["acc_spliced"])
+    out["ce_increase"] = out["ce_spliced"] - out["ce_clean"]
+    out["ce_recovered"] = metrics.ce_recovered(out["ce_clean"], out["ce_spliced"], out["ce_ablated"])
+    return out
+
+
+def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, y_E: torch.Tensor,
+                  train: SplitRecon, cache: Cache, layers: list[int]) -> dict[str, dict]:
+    """{layer: splice_summary} for images x_EI: the SAE's reconstruction spliced in after each
+    layer at every token, and the mean ablation (the train rows' mean per token at that layer)."""
+    from mnist_sae.vit import spliced_logits
+
+    out = {}
+    for l in layers:
+        at_l = cache.meta["layer"][train.rows_N] == l
+        tok_N = torch.from_numpy(cache.meta["token"][train.rows_N][at_l])
+        x_l_ND = train.x_ND[torch.from_numpy(at_l)]
+        mean_SD = torch.stack([x_l_ND[tok_N == t].mean(0) for t in range(model.cfg.n_tokens)])
+        clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
+        _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_SD.expand_as(r_BSD))
+        out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
+    return out
+
+
+def probe_rows(cache: Cache, split: str, layer: int | None, token: int | None) -> np.ndarray:
+    """Positions (into the split's rows) of the rows of one layer (None: all) and token (None: all)."""
+    rows_N = cache.splits[split]
+    keep_N = np.ones(len(rows_N), dtype=bool)
+    if layer is not None:
+        keep_N &= cache.meta["layer"][rows_N] == layer
+    if token is not None:
+        keep_N &= cache.meta["token"][rows_N] == token
+    return np.flatnonzero(keep_N)
+
+
+def compare_probes(feats_train: dict[str, np.ndarray], y_train_N: np.ndarray, feats_test: dict[str, np.ndarray],
+                   y_test_N: np.ndarray, n_classes: int, *, C: float, max_iter: int, seed: int) -> dict:
+    """{name: metrics.per_class_prf of a logistic probe fitted on feats_train[name]}: every
+    feature set is fitted on the same rows with the same settings (baselines.fit_probe)."""
+    out = {}
+    for name in feats_train:
+        probe = fit_probe(feats_train[name], y_train_N, C=C, max_iter=max_iter, seed=seed)
+        out[name] = metrics.per_class_prf(y_test_N, probe.predict(np.asarray(feats_test[name], dtype=np.float64)),
+                                          n_classes)
+    return out
+
+
+def feature_usage(a_NF: torch.Tensor, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{"count_F": rows each latent fires on, name_FV: firings of latent f on rows with column
+    value v, for each named integer column (layer, token, label...)}, float64."""
+    fired_NF = (a_NF != 0).double()
+    out = {"count_F": fired_NF.sum(0).numpy()}
+    for name, col_N in columns.items():
+        onehot_NV = torch.nn.functional.one_hot(torch.from_numpy(col_N).long(), int(col_N.max()) + 1).double()
+        out[name] = (fired_NF.T @ onehot_NV).numpy()
+    return out
+
+
+def usage_table(usage: dict[str, np.ndarray], n_rows: int, top: int) -> list[dict]:
+    """The `top` most-used latents: firing rate, and for each column its preferred value and the
+    share of the latent's firings there (label purity for the label column)."""
+    order_F = np.argsort(-usage["count_F"], kind="stable")[:top]
+    rows = []
+    for f in order_F:
+        if usage["count_F"][f] == 0:
+            break
+        row = {"latent": int(f), "rate": float(usage["count_F"][f] / n_rows)}
+        for name, c_FV in usage.items():
+            if name != "count_F":
+                v = int(np.argmax(c_FV[f]))
+                row[name] = v
+                row[f"{name}_share"] = float(c_FV[f, v] / c_FV[f].sum())
+        rows.append(row)
+    return rows
+
+
+def usage_figure(usage: dict[str, np.ndarray], latents: list[int], columns: list[str]):
+    """Heat maps latent x value (share of the latent's firings), one panel per column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.25 * len(latents) + 2), squeeze=False)
+    for ax, name in zip(axes[0], columns):
+        c_FV = usage[name][latents]
+        share_FV = c_FV / np.maximum(c_FV.sum(1, keepdims=True), 1)
+        im = ax.imshow(share_FV, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_yticks(range(len(latents)), [str(f) for f in latents], fontsize=7)
+        ax.set_xlabel(name)
+        ax.set_ylabel("latent (most used first)")
+        ax.set_title(f"share of firings by {name}")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+
+def _f(v, spec=".4f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown_report(out: dict, usage_rows: list[dict]) -> str:
+    """metrics/ACTS.md from the acts_eval results dict (see stages/acts_eval.py)."""
+    lines = [f"# Activation cache SAE: {out['source']}", "",
+             f"Cache: {out['cache']['n_rows']} rows x {out['cache']['d']} ({out['cache']['kind']}), split by example: "
+             + ", ".join(f"{k} {v} rows" for k, v in out["cache"]["split_rows"].items()) + ". "
+             f"SAE: {out['sae']['arch']}, {out['sae']['n_latents']} latents, lambda {out['sae']['lambda']:.4g} "
+             f"({out['sae']['lambda_source']}).", "",
+             "## Reconstruction (no head needed)", "",
+             "| split | layer | MSE | norm. MSE | expl. var. | cosine | L2 ratio | rel. bias | L0 | dead | dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for split, m in out["splits"].items():
+        for layer, r in [("all", m)] + sorted(m.get("per_layer", {}).items()):
+            lines.append(f"| {split} | {layer} | {r['mse']:.4g} | {r['mse_norm']:.4f} | {r['explained_variance']:.4f} | "
+                         f"{r['cosine_similarity']:.4f} | {r['l2_ratio']:.4f} | {r['relative_reconstruction_bias']:.4f} | "
+                         f"{r['l0']:.2f} | {r['dead_fraction']:.3f} | {r['dense_fraction']:.3f} |")
+    lines += ["", "Explained variance is 1 - SSE/SST about the split's mean (SAEBench); dead: never fires on the "
+              "whole split; dense: fires on more than the dense threshold of its rows.", ""]
+    if out.get("spliced"):
+        lines += ["## Spliced fidelity (test examples)", "",
+                  "The SAE's reconstruction replaces the residual after that layer at every token; the rest of the "
+                  "transformer runs on it. CE recovered is against mean ablation (train mean per token).", "",
+                  "| layer | acc clean | acc spliced | drop (pp) | CE clean | CE spliced | KL | CE recovered |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for layer, s in sorted(out["spliced"].items()):
+            lines.append(f"| {layer} | {s['acc_clean']:.4f} | {s['acc_spliced']:.4f} | {s['acc_drop_pp']:.2f} | "
+                         f"{s['ce_clean']:.4f} | {s['ce_spliced']:.4f} | {s['kl']:.4f} | {_f(s['ce_recovered'])} |")
+        lines.append("")
+    if out.get("probes"):
+        lines += ["## Probes: SAE codes vs raw activations (test split)", "",
+                  f"Logistic regression (lbfgs, standardized features) on the same {out['probe_rows']} train rows for "
+                  f"both, token {out['probe_token'] if out['probe_token'] is not None else 'all'}.", "",
+                  "| layer | features | accuracy | macro precision | macro recall | macro F1 |", "|---|---|---|---|---|---|"]
+        for layer, by in sorted(out["probes"].items()):
+            for name, r in by.items():
+                lines.append(f"| {layer} | {name} | {r['accuracy']:.4f} | {r['macro_precision']:.4f} | "
+                             f"{r['macro_recall']:.4f} | {r['macro_f1']:.4f} |")
+        layer, by = sorted(out["probes"].items())[-1]
+        lines += ["", f"Per class, layer {layer}:", "",
+                  "| class | support | P codes | R codes | F1 codes | P raw | R raw | F1 raw |",
+                  "|---|---|---|---|---|---|---|---|"]
+        c, r = by["codes"], by["raw"]
+        for k in range(len(c["support"])):
+            lines.append(f"| {k} | {c['support'][k]} | {c['precision'][k]:.3f} | {c['recall'][k]:.3f} | {c['f1'][k]:.3f} | "
+                         f"{r['precision'][k]:.3f} | {r['recall'][k]:.3f} | {r['f1'][k]:.3f} |")
+        lines.append("")
+    if usage_rows:
+        cols = [k for k in usage_rows[0] if k not in ("latent", "rate")]
+        lines += ["## Most-used latents (test split)", "",
+                  "Rate: share of rows the latent fires on; for each column its most common value and the share of "
+                  "the latent's firings there (for label: its label purity).", "",
+                  "| latent | rate | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        for row in usage_rows:
+            lines.append(f"| {row['latent']} | {row['rate']:.4f} | " +
+                         " | ".join(f"{row[k]:.3f}" if k.endswith("_share") else str(row[k]) for k in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""The baselines stage's reference methods at matched sparsity k: the dictionaries of
+mnist_sae.dictionaries fitted on train and an SAE family trained at each k, all scored on the eval
+split by mnist_sae.baselines.score (the main SAE is scored by the compare stage with the same
+function)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mnist_sae.baselines import (FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy,
+                                 sae_method)
+from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
+                                    pca_dictionary, random_directions, topk_dictionary)
+
+
+# --- the reference methods --------------------------------------------------------------------
+
+
+def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, seed: int, kmeans_n_init: int,
+                           kmeans_max_iter: int, n_classes: int = 10) -> list[tuple[str, int, Dictionary]]:
+    """[(method, k, Dictionary)], all fitted on train: ("kmeans", 1, nearest centroid) first, then
+    for each k: PCA top-k, k-means gain-shape, random directions (seeded), class directions."""
+    if max(ks) > min(site.d, n_latents, n_classes):
+        raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents}, "
+                         f"classes = {n_classes})")
+    mean_D = site.z_train_mean_D
+    components_KD, pca_mean_D = fit_pca(site.z_train_ND, max(ks))
+    C_FD = fit_kmeans(site.z_train_ND, n_latents, seed, kmeans_n_init, kmeans_max_iter)
+    W_rand_FD = random_directions(n_latents, site.d, torch.Generator().manual_seed(seed))
+    W_class_CD = class_directions(site.z_train_ND, site.labels_train_N, mean_D, n_classes)
+    out = [("kmeans", 1, kmeans_dictionary(C_FD, mean_D))]
+    for k in ks:
+        out += [("pca", k, pca_dictionary(components_KD[:k], pca_mean_D)),
+                ("kmeans_gain_shape", k, topk_dictionary(C_FD - mean_D, mean_D, k)),
+                ("random", k, topk_dictionary(W_rand_FD, mean_D, k)),
+                ("class", k, topk_dictionary(W_class_CD, mean_D, k))]
+    return out
+
+
+# --- the SAE family at matched k (training and calibration from mnist_sae.sae_train) ----------
+
+@dataclass(frozen=True)
+class FamilySettings:
+    """How the baselines stage trains its SAE family (smaller budget than train_sae; see report)."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    lambdas: tuple[float, ...]  # ascending calibration grid (jumprelu L0 and relu L1 share it)
+    refine: int  # bisection steps after the grid (mnist_sae.sae_train.calibrate)
+    kl_coef: float  # weight of the KL term of sae_jumprelu_kl
+    aux_coef: float  # topk AuxK weight
+    dead_steps: int  # topk: steps without firing before a latent counts as dead for AuxK
+    shift_thresholds: bool  # jumprelu: shift all thresholds so that the val L0 is exactly k
+
+
+def family_variants(site_is_logits: bool) -> tuple[str, ...]:
+    """The KL term compares softmax(y) with softmax(y_hat): defined at the logit site only."""
+    return FAMILY if site_is_logits else tuple(v for v in FAMILY if v != "sae_jumprelu_kl")
+
+
+def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings: FamilySettings, seed: int,
+                        device: str = "cpu"):
+    """(sae, info): one SAE of the family trained at sparsity k with sae_train's public functions.
+
+    jumprelu / relu: lambda = sae_train.calibrate(target_l0 = k) on val, then one SAE trained
+    with it (same seed, init and batches as the calibration run); jumprelu then optionally
+    shifts its thresholds to val L0 = k exactly (sae_train.shift_thresholds_). topk: k active
+    latents by construction, no lambda. sae_jumprelu_kl adds kl_coef * KL(softmax(y) ||
+    softmax(y_hat)) to the loss (Braun et al. 2024). info: lambda, calibrated val L0, shift.
+    """
+    import dataclasses
+
+    from mnist_sae import sae_train
+    from mnist_sae.sae import SAE
+
+    arch = {"sae_jumprelu": "jumprelu", "sae_jumprelu_kl": "jumprelu", "sae_relu": "relu", "sae_topk": "topk"}[variant]
+    cfg = dataclasses.replace(base_cfg, arch=arch, d_in=site.d, k=k if arch == "topk" else min(base_cfg.k, base_cfg.n_latents))
+    kl = settings.kl_coef if variant == "sae_jumprelu_kl" else 0.0
+    train_settings = sae_train.TrainSettings(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
+                                             kl_coef=kl, aux_coef=settings.aux_coef, dead_steps=settings.dead_steps,
+                                             log_every=10**9)
+    loss_kw = {}
+    if kl > 0:  # the KL term maps z back to logits; un-normalized z are the logits themselves
+        ones_D = torch.ones(site.d)
+        loss_kw = {"mean_D": site.mean_D if site.normalize else 0 * ones_D, "std_D": site.std_D if site.normalize else ones_D}
+    info = {"lambda": 0.0, "calibrated_l0_val": None, "theta_shift": 0.0}
+    if arch != "topk":
+        cal = sae_train.calibrate(cfg, site.z_train_ND, site.z_val_ND, float(k), list(settings.lambdas), settings.refine,
+                                  train_settings, seed, device=device, **loss_kw)
+        info.update({"lambda": cal.lam, "calibrated_l0_val": cal.l0})
+    gen = torch.Generator().manual_seed(seed)
+    sae = SAE(cfg, n_models=1, generator=gen).to(device)
+    sae_train.train_sae(sae, site.z_train_ND, [info["lambda"]], train_settings, gen, **loss_kw)
+    if arch == "jumprelu" and settings.shift_thresholds:
+        info["theta_shift"] = sae_train.shift_thresholds_(sae, site.z_val_ND.to(device), float(k))
+    return sae.cpu().eval(), info
+
+
+def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, top_n: int,
+                   kmeans_n_init: int, kmeans_max_iter: int, probe: ProbeSettings | None,
+                   family: FamilySettings | None, base_cfg=None, site_is_logits: bool = True,
+                   device: str = "cpu", log=print) -> Results:
+    """Fit every reference method on train (and train the SAE family when `family` is given),
+    score all on the eval split through `score`. The main SAE is not here: the compare stage adds
+    its row with `add_scored`, so a new main SAE refits nothing."""
+    res = Results([], {}, None, {})
+    if probe is not None:
+        res.probe_raw_acc = probe_accuracy(site.z_train_ND, site.z_eval_ND, site, probe)
+    kw = dict(site=site, top_n=top_n, seed=seed, probe=probe, log=log)
+    for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=seed, kmeans_n_init=kmeans_n_init,
+                                                 kmeans_max_iter=kmeans_max_iter):
+        add_scored(res, method, k, dic.reconstruct, dic.W_dec_FD, dic.signed, **kw)
+    if family is not None:
+        for k in ks:
+            for variant in family_variants(site_is_logits):
+                sae, info = train_family_member(variant, k, site, base_cfg, family, seed, device)
+                res.family[f"{variant}@{k}"] = info
+                add_scored(res, variant, k, *sae_method(sae), **kw)
+    return res

@@ -1,0 +1,98 @@
+"""acts_eval: the SAE of acts_sae scored on its cache without a classifier head (mnist_sae.acts_eval).
+
+    python -m stages.acts_eval PREP_DIR MODEL_PT CACHE_DIR SAE_PT METRICS_JSON REPORT_MD PLOTS_DIR
+
+Writes METRICS_JSON (headline: reconstruction per split and layer, spliced fidelity per layer for
+the transformer, probe accuracy codes vs raw per layer), REPORT_MD (the same with per-class
+precision / recall / F1 and the most-used latents) and PLOTS_DIR/{usage.png, per_layer.csv}.
+"""
+
+import argparse
+import csv
+
+import numpy as np
+import torch
+
+from mnist_sae import acts_eval as ae
+from mnist_sae.acts import SPLITS, open_cache
+from mnist_sae.sae import SAE
+from mnist_sae.vit import ViT
+from stages._acts_params import start_acts_stage
+from stages._common import ParamError, atomic_path, load_prepared, load_torch, run, save_figure, write_json, write_text
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    for name in ("prep_dir", "model_pt", "cache_dir", "sae_pt", "metrics_json", "report_md", "plots_dir"):
+        parser.add_argument(name)
+    args = parser.parse_args()
+    p, device = start_acts_stage(lambda p: p.eval.seed)
+    e = p.eval
+    cache = open_cache(args.cache_dir)
+    if e.probe_token is not None and "token" not in cache.meta:
+        raise ParamError(f"acts.eval.probe_token = {e.probe_token}: the cache has no token column; set null")
+    ckpt = load_torch(args.sae_pt)
+    sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), ckpt["mean_D"], ckpt["std_D"]
+    layers = [int(v) for v in np.unique(cache.meta["layer"])] if "layer" in cache.meta else []
+    recon = {s: ae.SplitRecon(cache, s, sae, mean_D, std_D) for s in SPLITS}
+    splits = {}
+    for s, r in recon.items():
+        splits[s] = r.metrics(mean_D, e.dense_threshold)
+        splits[s]["per_layer"] = {str(l): r.metrics(mean_D, e.dense_threshold, cache.meta["layer"][r.rows_N] == l)
+                                  for l in layers}
+
+    spliced = {}
+    if cache.info["kind"] == "transformer":
+        model = ViT.from_checkpoint(load_torch(args.model_pt)["vit"]).eval()
+        ex_E = np.unique(cache.meta["example"][cache.splits["test"]])
+        x_NI, y_N = load_prepared(args.prep_dir, "test")
+        index_E = np.load(f"{args.cache_dir}/example_index.npy")[ex_E]
+        x_EI, y_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(y_N[index_E])
+        spliced = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, recon["train"], cache, layers)
+
+    probes, n_probe = {}, 0
+    if cache.labels_R is not None:
+        n_classes = int(cache.labels_R.max()) + 1
+        rng = np.random.default_rng(e.seed)
+        for l in layers or [None]:
+            tr = ae.probe_rows(cache, "train", l, e.probe_token)
+            tr = np.sort(rng.permutation(tr)[:e.probe_n_train])
+            te = ae.probe_rows(cache, "test", l, e.probe_token)
+            feats = [{"codes": recon[s].a_NF[i].numpy(), "raw": recon[s].x_ND[i].numpy()}
+                     for s, i in (("train", tr), ("test", te))]
+            labels = [cache.split_labels(s)[i] for s, i in (("train", tr), ("test", te))]
+            probes["all" if l is None else str(l)] = ae.compare_probes(feats[0], labels[0], feats[1], labels[1], n_classes,
+                                                                       C=e.probe_C, max_iter=e.probe_max_iter, seed=e.seed)
+            n_probe = len(tr)
+
+    test = recon["test"]
+    columns = {k: cache.meta[k][test.rows_N] for k in ("layer", "token") if k in cache.meta}
+    if cache.labels_R is not None:
+        columns["label"] = cache.split_labels("test")
+    usage = ae.feature_usage(test.a_NF, columns)
+    usage_rows = ae.usage_table(usage, len(test.rows_N), e.top_latents)
+
+    out = {"source": p.source, "probe_token": e.probe_token, "probe_rows": n_probe,
+           "cache": {k: cache.info[k] for k in ("kind", "d", "n_rows", "split_rows")},
+           "sae": {"arch": sae.cfg.arch, "n_latents": sae.cfg.n_latents, "lambda": ckpt["lambda"],
+                   "lambda_source": ckpt["lambda_source"]},
+           "splits": splits, "spliced": spliced, "probes": probes, "device": device}
+    write_text(args.report_md, ae.markdown_report(out, usage_rows))
+    out["probes"] = {l: {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in by.items()} for l, by in probes.items()}
+    with atomic_path(args.plots_dir) as tmp:
+        tmp.mkdir()
+        with open(tmp / "per_layer.csv", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["layer", "explained_variance", "l0", "acc_drop_pp"])
+            for l, m in (splits["test"]["per_layer"] or {"all": splits["test"]}).items():
+                w.writerow([l, f"{m['explained_variance']:.6f}", f"{m['l0']:.4f}",
+                            f"{spliced[l]['acc_drop_pp']:.4f}" if l in spliced else ""])
+        save_figure(tmp / "usage.png", ae.usage_figure(usage, [r["latent"] for r in usage_rows], list(columns)))
+    write_json(args.metrics_json, out)
+    t = splits["test"]
+    print(f"test: EV {t['explained_variance']:.4f}, L0 {t['l0']:.2f}, dead {splits['val']['dead_fraction']:.3f}; "
+          + " ".join(f"layer {l} drop {s['acc_drop_pp']:.2f} pp" for l, s in spliced.items()))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,240 @@
+"""The activation-cache track: sources (npy, raw), validation, split by example, batches, the
+transformer's splice, probes' per-class metrics, and the acts_* stages through the real dvc."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import clone_run, dvc, env, ran_stages, set_params
+from mnist_sae import metrics
+from mnist_sae.acts import (Activations, SourceSpec, check_finite, load_labels, load_meta, open_activations, parse_source,
+                            split_by_example, stream_batches, to_float32)
+from mnist_sae.data import DataError
+from mnist_sae.vit import ViT, ViTConfig, spliced_logits, write_residuals
+
+
+# --- sources ----------------------------------------------------------------------------------------
+
+
+def test_parse_source_forms():
+    assert parse_source("transformer") == SourceSpec("transformer")
+    assert parse_source("npy:/a/b:c.npy") == SourceSpec("npy", path="/a/b:c.npy")
+    assert parse_source("raw:/x/acts.mmap:float16:768") == SourceSpec("raw", "/x/acts.mmap", "float16", 768)
+    assert parse_source("planted").kind == "planted"
+    for bad in ("npy:", "raw:/x:float64:8", "raw:/x:float16:0", "raw:/x:float16", "s3://bucket", ""):
+        with pytest.raises(ValueError, match="allowed transformer, npy:<path>, raw:"):
+            parse_source(bad)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_npy_source_is_memory_mapped(tmp_path, dtype):
+    x_ND = np.random.default_rng(0).normal(size=(50, 6)).astype(dtype)
+    np.save(tmp_path / "a.npy", x_ND)
+    acts = open_activations(parse_source(f"npy:{tmp_path / 'a.npy'}"))
+    assert isinstance(acts.data_RD, np.memmap) and (acts.n_rows, acts.d) == (50, 6)
+    idx = np.array([3, 1, 40])
+    got = acts.rows(idx)
+    assert got.dtype == np.float32 and np.array_equal(got, x_ND[idx].astype(np.float32))
+    check_finite(acts, chunk=7)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_raw_source_like_the_gpt2_cache(tmp_path, dtype):
+    """A headerless memmap written with np.memmap, as the seed notebook did."""
+    x_ND = np.random.default_rng(1).normal(size=(40, 8)).astype(dtype)
+    mm = np.memmap(tmp_path / "acts.mmap", dtype=dtype, mode="w+", shape=x_ND.shape)
+    mm[:] = x_ND
+    mm.flush()
+    del mm
+    acts = open_activations(parse_source(f"raw:{tmp_path / 'acts.mmap'}:{dtype}:8"))
+    assert (acts.n_rows, acts.d) == (40, 8)
+    assert np.array_equal(acts.rows(np.arange(40)), x_ND.astype(np.float32))
+
+
+def test_raw_bfloat16_is_widened_exactly(tmp_path):
+    x_ND = torch.randn(12, 4).to(torch.bfloat16)
+    (tmp_path / "a.raw").write_bytes(x_ND.view(torch.int16).numpy().tobytes())
+    acts = open_activations(parse_source(f"raw:{tmp_path / 'a.raw'}:bfloat16:4"))
+    assert np.array_equal(acts.rows(np.arange(12)), x_ND.float().numpy())
+
+
+def test_bad_inputs_raise_one_clear_error(tmp_path):
+    np.save(tmp_path / "three_d.npy", np.zeros((2, 3, 4), np.float32))
+    np.save(tmp_path / "ints.npy", np.zeros((5, 3), np.int32))
+    (tmp_path / "odd.raw").write_bytes(b"\0" * 30)
+    cases = [("npy:" + str(tmp_path / "missing.npy"), "not found"),
+             ("npy:" + str(tmp_path / "three_d.npy"), "expected a non-empty (N, D) array"),
+             ("npy:" + str(tmp_path / "ints.npy"), "expected a float dtype"),
+             ("raw:" + str(tmp_path / "odd.raw") + ":float32:4",
+              "30 bytes is not a positive multiple of D x itemsize = 4 x 4 = 16")]
+    for source, message in cases:
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            open_activations(parse_source(source))
+    x_ND = np.ones((100, 3), np.float32)
+    x_ND[[17, 60], 1] = [np.nan, np.inf]
+    with pytest.raises(DataError, match="2 rows contain NaN or inf \\(first: row 17\\)"):
+        check_finite(Activations(x_ND, "x.npy"), chunk=16)
+    np.save(tmp_path / "labels.npy", np.zeros(7, np.int64))
+    with pytest.raises(DataError, match="acts.labels has 7 rows, the activations 8"):
+        load_labels(tmp_path / "labels.npy", 8)
+    np.save(tmp_path / "flabels.npy", np.zeros(8, np.float32))
+    with pytest.raises(DataError, match="must be a 1-d integer array"):
+        load_labels(tmp_path / "flabels.npy", 8)
+    np.savez(tmp_path / "meta.npz", layer=np.zeros(8, np.int64), token=np.zeros(9, np.int64))
+    with pytest.raises(DataError, match="column 'token' must be \\(N,\\) integers with N = 8"):
+        load_meta(tmp_path / "meta.npz", 8)
+
+
+def test_to_float32_bf16_bits():
+    assert to_float32(np.array([0x3F80, 0xC000], np.uint16), bf16=True).tolist() == [1.0, -2.0]
+
+
+# --- splits and batches ---------------------------------------------------------------------------
+
+
+def test_split_by_example_keeps_examples_whole():
+    example_R = np.repeat(np.arange(50), 6)  # 50 examples x 6 rows (layers x tokens)
+    splits = split_by_example(example_R, 0.1, 0.2, seed=3)
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(300))
+    seen = [set(example_R[v]) for v in splits.values()]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    assert [len(s) for s in seen] == [35, 5, 10]
+    again = split_by_example(example_R, 0.1, 0.2, seed=3)
+    assert all(np.array_equal(splits[k], again[k]) for k in splits)
+    assert not np.array_equal(splits["test"], split_by_example(example_R, 0.1, 0.2, seed=4)["test"])
+    with pytest.raises(ValueError, match="do not split"):
+        split_by_example(np.arange(5), 0.1, 0.1, seed=0)
+
+
+def test_stream_batches_draw_from_the_given_rows_only():
+    x_ND = np.arange(200, dtype=np.float16).reshape(100, 2)
+    rows = np.arange(0, 100, 3)
+    batches = list(stream_batches(Activations(x_ND, "x"), rows, 16, 5, np.random.default_rng(0)))
+    assert len(batches) == 5 and all(b.shape == (16, 2) and b.dtype == np.float32 for b in batches)
+    assert set((np.concatenate(batches)[:, 0] // 2).astype(int)) <= set(rows.tolist())
+
+
+# --- the transformer ------------------------------------------------------------------------------
+
+
+def test_splice_without_replacement_is_exact():
+    model = ViT(ViTConfig(d_model=16, n_layers=3, n_heads=2, d_mlp=32), generator=torch.Generator().manual_seed(0)).eval()
+    x_BI = torch.randint(0, 256, (5, 784), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits_BO, r_LBSD = model.residuals(x_BI)
+        assert r_LBSD.shape == (3, 5, 17, 16)
+        for l in range(3):
+            assert torch.equal(model.run_from(l, r_LBSD[l]), logits_BO)
+            clean, spliced = spliced_logits(model, x_BI, l, lambda r: r, chunk=2)
+            assert torch.equal(clean, logits_BO) and torch.equal(spliced, logits_BO)
+        # replacing the residual does change the output
+        assert not torch.allclose(model.run_from(0, torch.zeros_like(r_LBSD[0])), logits_BO)
+
+
+def test_residual_cache_rows_and_meta(tmp_path):
+    model = ViT(ViTConfig(d_model=8, n_layers=2, n_heads=2, d_mlp=16), generator=torch.Generator().manual_seed(0)).eval()
+    x_NI = torch.randint(0, 256, (3, 784), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    meta = write_residuals(model, x_NI, tmp_path / "acts.npy", chunk=2)
+    acts_RD = np.load(tmp_path / "acts.npy", mmap_mode="r")
+    assert acts_RD.dtype == np.float16 and acts_RD.shape == (3 * 2 * 17, 8)
+    with torch.no_grad():
+        _, r_LBSD = model.residuals(x_NI)
+    row = (2 * 2 + 1) * 17 + 4  # example 2, layer 1, token 4
+    assert (meta["example"][row], meta["layer"][row], meta["token"][row]) == (2, 1, 4)
+    assert np.array_equal(acts_RD[row], r_LBSD[1, 2, 4].to(torch.float16).numpy())
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def test_probe_per_class_metrics_equal_classification_report():
+    from sklearn.metrics import classification_report
+
+    y_true = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
+    y_pred = np.array([0, 1, 1, 1, 0, 2, 1, 3, 3, 0])
+    got = metrics.per_class_prf(y_true, y_pred, n_classes=5)
+    rep = classification_report(y_true, y_pred, labels=list(range(5)), output_dict=True, zero_division=0)
+    for c in range(5):
+        for ours, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
+            assert got[ours][c] == pytest.approx(rep[str(c)][theirs])
+    assert got["macro_f1"] == pytest.approx(rep["macro avg"]["f1-score"])
+    assert got["accuracy"] == pytest.approx(0.6)
+
+
+def test_cosine_l2_ratio_hand_computed():
+    x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    x_hat = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    assert metrics.cosine_similarity(x, x_hat) == pytest.approx(0.5)
+    assert metrics.l2_ratio(x, x_hat) == pytest.approx(1.5)
+
+
+# --- the stages through dvc ---------------------------------------------------------------------------
+
+ACTS_OUTPUTS = ["metrics/acts_model.json", "metrics/acts_cache.json", "metrics/acts_sae.json", "metrics/acts.json",
+                "metrics/ACTS.md", "plots/acts/per_layer.csv", "plots/acts/usage.png"]
+
+
+def test_repro_runs_the_acts_track(pipeline_run):
+    for path in ACTS_OUTPUTS:
+        assert (pipeline_run / path).exists(), path
+    out = json.loads((pipeline_run / "metrics/acts.json").read_text())
+    assert out["cache"]["kind"] == "transformer" and set(out["spliced"]) == {"0", "1"}
+    for split in ("train", "val", "test"):
+        m = out["splits"][split]
+        assert {"mse", "mse_norm", "explained_variance", "cosine_similarity", "l2_ratio", "relative_reconstruction_bias",
+                "l0", "dead_fraction", "dense_fraction"} <= set(m) and set(m["per_layer"]) == {"0", "1"}
+    assert set(out["probes"]["1"]) == {"codes", "raw"}
+    model = json.loads((pipeline_run / "metrics/acts_model.json").read_text())
+    assert model["trained"] and 0 <= model["test_acc"] <= 1
+    assert (pipeline_run / "metrics/ACTS.md").read_text().startswith("# Activation cache SAE: transformer")
+
+
+def test_acts_param_reruns_only_the_acts_track(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    proc = dvc(project, "exp", "run", "-S", "acts.sae.target_l0=3.0")  # topk: k 4 -> 3
+    assert ran_stages(proc) == ["acts_eval", "acts_sae"]
+    assert json.loads((project / "metrics/acts_sae.json").read_text())["l0_val"] == 3.0
+
+
+def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
+    """A user's npy cache with labels and meta: acts_model trains nothing, acts_cache references
+    the file, the rest runs on it; a bad file stops acts_cache with one line and exit 2."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    rng = np.random.default_rng(0)
+    n_ex, n_layer = 60, 2
+    y_E = rng.integers(0, 3, n_ex)
+    x_RD = (rng.normal(size=(n_ex * n_layer, 12)) + np.repeat(y_E, n_layer)[:, None]).astype(np.float16)
+    user = tmp_path / "user"
+    user.mkdir()
+    np.save(user / "acts.npy", x_RD)
+    np.save(user / "labels.npy", np.repeat(y_E, n_layer))
+    np.savez(user / "meta.npz", example=np.repeat(np.arange(n_ex), n_layer), layer=np.tile(np.arange(n_layer), n_ex))
+    set_params(project, {"acts.source": f"npy:{user / 'acts.npy'}", "acts.labels": str(user / "labels.npy"),
+                         "acts.meta": str(user / "meta.npz"), "acts.eval.probe_token": None, "acts.sae.n_latents": 16,
+                         "acts.sae.target_l0": 3.0, "acts.sae.aux_k": 4, "acts.sae.arch": "jumprelu"})
+    proc = dvc(project, "repro", "acts_eval")
+    assert "prepare" not in ran_stages(proc) and "acts_sae" in ran_stages(proc)
+    assert json.loads((project / "metrics/acts_model.json").read_text())["trained"] is False
+    assert not (project / "data/acts/cache/acts.npy").exists()  # referenced, not copied
+    out = json.loads((project / "metrics/acts.json").read_text())
+    assert out["cache"] == {"kind": "npy", "d": 12, "n_rows": 120, "split_rows": out["cache"]["split_rows"]}
+    assert out["spliced"] == {} and set(out["probes"]) == {"0", "1"}
+
+    bad = x_RD.astype(np.float32)
+    bad[5, 2] = np.nan
+    np.save(user / "bad.npy", bad)
+    set_params(project, {"acts.source": f"npy:{user / 'bad.npy'}"})
+    before = (project / "metrics/acts_cache.json").read_text()
+    proc = subprocess.run([sys.executable, "-m", "stages.acts_cache", "data/prepared", "data/acts/model.pt",
+                           "data/acts/cache", "metrics/acts_cache.json"], cwd=project, env=env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {user / 'bad.npy'}: 1 rows contain NaN or inf (first: row 5); "
+                                                "only finite values are allowed"]
+    assert (project / "metrics/acts_cache.json").read_text() == before
