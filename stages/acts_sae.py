@@ -13,7 +13,6 @@ the loop yet (mnist_sae.acts.stream_batches exists). The checkpoint is {"sae", "
 import argparse
 
 import torch
-from dvclive import Live
 
 from mnist_sae import metrics
 from mnist_sae.acts import open_cache
@@ -21,7 +20,8 @@ from mnist_sae.collect import normalization_stats, to_z
 from mnist_sae.sae import SAE, reconstruct
 from mnist_sae.sae_train import calibrate, lambda_grid, shift_thresholds_, train_sae
 from stages._acts_params import start_acts_stage
-from stages._common import atomic_path, run, save_torch, write_json
+from stages._common import run, save_torch, write_json
+from stages._curves import training_curves
 
 CURVES = ("mse", "l0", "total", "sparsity", "aux")
 
@@ -54,22 +54,8 @@ def main():
 
     gen = torch.Generator().manual_seed(s.seed)
     sae = SAE(cfg, n_models=1, generator=gen).to(device)
-    with atomic_path(args.curves_dir) as tmp:
-        live = Live(str(tmp.parent / "live"), dvcyaml=False, save_dvc_exp=False, report=None)
-
-        def on_step(step, terms):
-            live.step = step
-            for name in CURVES:
-                if name in terms:
-                    live.log_metric(f"train/{name}", float(terms[name][0]))
-
+    with training_curves(args.curves_dir, CURVES) as on_step:
         train_sae(sae, z_train_ND, [lam], s.settings(s.epochs, s.batch_size), gen, on_step=on_step)
-        live.end()
-        curves = tmp.parent / "live" / "plots" / "metrics" / "train"
-        if curves.exists():
-            curves.rename(tmp)
-        else:
-            tmp.mkdir()
     sae = sae.cpu().eval()
     delta = shift_thresholds_(sae, z_val_ND, s.target_l0) if s.theta_shift and s.arch == "jumprelu" else 0.0
     z_hat_ND, a_NF = reconstruct(sae, z_val_ND)

@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 
 import torch
-from dvclive import Live
 
 from mnist_sae import metrics
 from mnist_sae.data import DataError
 from mnist_sae.sae import SAE, reconstruct
 from mnist_sae.collect import load_collected, to_y
 from mnist_sae.sae_train import shift_thresholds_, train_sae
-from stages._common import atomic_path, run, save_torch, write_json
+from stages._common import run, save_torch, write_json
+from stages._curves import training_curves
 from stages._sae_params import start_sae_stage
 
 CURVES = ("mse", "l0", "total", "sparsity", "kl", "aux")  # loss terms logged when present
@@ -46,25 +46,9 @@ def main():
 
     gen = torch.Generator().manual_seed(p.seed)
     sae = SAE(p.config(info["d"]), n_models=1, generator=gen).to(device)
-    with atomic_path(args.curves_dir) as tmp:
-        # dvclive writes into a scratch folder next to tmp; only its per-metric TSVs (step, value)
-        # become the output, which dvc.yaml declares as one plots folder with x: step
-        live = Live(str(tmp.parent / "live"), dvcyaml=False, save_dvc_exp=False, report=None)
-
-        def on_step(step, terms):
-            live.step = step
-            for name in CURVES:
-                if name in terms:
-                    live.log_metric(f"train/{name}", float(terms[name][0]))
-
+    with training_curves(args.curves_dir, CURVES) as on_step:
         train_sae(sae, z_train_ND, [lam], p.settings(p.epochs, p.batch_size), gen, mean_D=mean_D, std_D=std_D,
                   on_step=on_step)
-        live.end()
-        curves = tmp.parent / "live" / "plots" / "metrics" / "train"
-        if curves.exists():
-            curves.rename(tmp)
-        else:  # fewer steps than sae.log_every: nothing was logged, the curves folder is empty
-            tmp.mkdir()
     sae = sae.cpu().eval()
     delta = shift_thresholds_(sae, z_val_ND, p.target_l0) if p.theta_shift and p.arch == "jumprelu" else 0.0
 
