@@ -108,8 +108,21 @@ class SAEStageInputs(NamedTuple):
     z_train_ND: torch.Tensor
     z_val_ND: torch.Tensor
     info: dict
-    mean_D: torch.Tensor
-    std_D: torch.Tensor
+    mean_D: torch.Tensor  # the affine map z -> y = z * std_D + mean_D (the KL term's logits, to_y):
+    std_D: torch.Tensor  # the train statistics when collect.normalize, else the identity (0, 1)
+
+
+def z_to_y_map(info: dict, mean_D: torch.Tensor, std_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean_D, std_D) such that y = z * std_D + mean_D for the collected site.
+
+    With collect.normalize false z already is y: the map is the identity. Passing the train
+    statistics there (as the stages did before) made the KL term compare softmax(z * std + mean),
+    not the logits, so the SAE trained towards the wrong distribution (issue 15). z * 1 + 0 is z
+    bit for bit, and the normalize: true path is unchanged.
+    """
+    if info["normalize"]:
+        return mean_D, std_D
+    return torch.zeros_like(mean_D), torch.ones_like(std_D)
 
 
 def start_sae_stage(collected_dir) -> SAEStageInputs:
@@ -125,4 +138,4 @@ def start_sae_stage(collected_dir) -> SAEStageInputs:
     z_train_ND, info, mean_D, std_D = load_site(collected_dir, "train")
     z_val_ND, _, _, _ = load_site(collected_dir, "val")
     check_site(p, info)
-    return SAEStageInputs(p, device, z_train_ND, z_val_ND, info, mean_D, std_D)
+    return SAEStageInputs(p, device, z_train_ND, z_val_ND, info, *z_to_y_map(info, mean_D, std_D))

@@ -205,3 +205,23 @@ def test_bad_config_and_input():
         SAEConfig(arch="topk", n_latents=4, k=5)
     with pytest.raises(ValueError, match=r"expected z \[B, 6\]"):
         make("relu", "sigmoid").encode(torch.zeros(3, 5))
+
+
+def test_kl_map_is_the_identity_without_normalization():
+    """collect.normalize false: z are the logits, so the KL term must see z itself (issue 15)."""
+    from stages._sae_params import z_to_y_map
+
+    mean_D, std_D = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 4.0, 0.25])
+    m_D, s_D = z_to_y_map({"normalize": True}, mean_D, std_D)
+    assert m_D is mean_D and s_D is std_D
+    m_D, s_D = z_to_y_map({"normalize": False}, mean_D, std_D)
+    g = torch.Generator().manual_seed(0)
+    z_BD, z_hat_1BD = torch.randn(5, 3, generator=g), torch.randn(1, 5, 3, generator=g)
+    terms = sae_loss(z_BD, z_hat_1BD, torch.ones(1, 5, 2), torch.zeros(1, 5), torch.zeros(1), kl_coef=1.0,
+                     mean_D=m_D, std_D=s_D)
+    logp, logq = F.log_softmax(z_BD, -1), F.log_softmax(z_hat_1BD[0], -1)
+    assert terms["kl"].item() == pytest.approx((logp.exp() * (logp - logq)).sum(-1).mean().item(), rel=1e-6)
+    # the old behaviour (train statistics on raw logits) gives another value: the test can fail
+    wrong = sae_loss(z_BD, z_hat_1BD, torch.ones(1, 5, 2), torch.zeros(1, 5), torch.zeros(1), kl_coef=1.0,
+                     mean_D=mean_D, std_D=std_D)
+    assert abs(wrong["kl"].item() - terms["kl"].item()) > 1e-3
