@@ -75,14 +75,19 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def point_key(hidden: int, lr: float, p: FFNParams, device: str, prep_dir: str) -> str:
-    """sha256 of everything a point's trained bits depend on (see the module docstring)."""
+def input_digests(prep_dir: str) -> dict:
+    """sha256 of the training code and of the train split: the same for every point, hashed once."""
+    return {"code": {c: _sha256_file(ROOT / c) for c in CODE},
+            "train": {f: _sha256_file(Path(prep_dir) / f) for f in ("x_train.npy", "y_train.npy")}}
+
+
+def point_key(hidden: int, lr: float, p: FFNParams, device: str, digests: dict) -> str:
+    """sha256 of everything a point's trained bits depend on (see the module docstring); digests
+    from input_digests."""
     numerics = _numerics.describe()
     what = {"hidden": hidden, "lr": lr, "type": p.type, "batch_size": p.batch_size, "epochs": p.epochs,
             "seed": p.seed, "device": device, "portable": numerics["portable"], "torch": numerics["torch"],
-            "cpu": None if numerics["portable"] else numerics["cpu_capability"],
-            "code": {c: _sha256_file(ROOT / c) for c in CODE},
-            "train": {f: _sha256_file(Path(prep_dir) / f) for f in ("x_train.npy", "y_train.npy")}}
+            "cpu": None if numerics["portable"] else numerics["cpu_capability"], **digests}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -144,8 +149,9 @@ def sweep(prep_dir: str, out_dir: str, timing_dir: str) -> None:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     todo = []
+    digests = input_digests(prep_dir)
     for h, lr in points:
-        key, name = point_key(h, lr, p, device, prep_dir), point_name(h, lr)
+        key, name = point_key(h, lr, p, device, digests), point_name(h, lr)
         if _existing_key(out / name) == key:
             print(f"train_ffn: keep {name} (key {key[:12]} unchanged)", flush=True)
         else:
