@@ -57,23 +57,32 @@ def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels
 # --- tables ---------------------------------------------------------------------------------
 
 
+def _cell(m: dict, key: str, scale: float = 1.0) -> str:
+    """m[key] * scale with 4 decimals, "+- half-width" when m has key_ci95 (mnist_sae.stats)."""
+    text = f"{scale * m[key]:.4f}"
+    if m.get(f"{key}_ci95") is not None:
+        text += f" +- {scale * m[key + '_ci95']:.4f}"
+    return text
+
+
 def reconstruction_table(by_split: dict, tablefmt: str = "github") -> str:
     """Reconstruction error by split: normalized and raw MSE, explained variance, L0, per-example
-    MSE median and p95."""
+    MSE median and p95 (mean +- 95% half-width over seeds where the split has _ci95 keys)."""
     headers = ["split", "MSE (normalized)", "MSE (raw)", "explained variance", "L0",
                "per-example MSE median", "per-example MSE p95"]
-    rows = [[s, m["mse_norm"], m["mse_raw"], m["explained_variance"], m["l0"], m["mse_ex_median"], m["mse_ex_p95"]]
-            for s, m in by_split.items()]
-    return tabulate(rows, headers, tablefmt=tablefmt, floatfmt=".4f")
+    keys = ("mse_norm", "mse_raw", "explained_variance", "l0", "mse_ex_median", "mse_ex_p95")
+    rows = [[s] + [_cell(m, k) for k in keys] for s, m in by_split.items()]
+    return tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 def ce_accuracy_table(by_split: dict, tablefmt: str = "github") -> str:
     """CE and accuracy by split: the FFN's own vs with the reconstruction spliced in."""
     headers = ["split", "CE", "CE recon", "delta CE", "CE recovered", "accuracy %", "accuracy recon %",
                "delta acc (pp)", "agreement %"]
-    rows = [[s, m["ce_orig"], m["ce_recon"], m["ce_increase"], m["ce_recovered"], 100 * m["acc_orig"],
-             100 * m["acc_recon"], m["acc_drop_pp"], 100 * m["agreement"]] for s, m in by_split.items()]
-    return tabulate(rows, headers, tablefmt=tablefmt, floatfmt=".4f")
+    cols = (("ce_orig", 1), ("ce_recon", 1), ("ce_increase", 1), ("ce_recovered", 1), ("acc_orig", 100),
+            ("acc_recon", 100), ("acc_drop_pp", 1), ("agreement", 100))
+    rows = [[s] + [_cell(m, k, scale) for k, scale in cols] for s, m in by_split.items()]
+    return tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 def settings_table(settings: dict, tablefmt: str = "github") -> str:

@@ -73,30 +73,25 @@ def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings
     """
     import dataclasses
 
-    from mnist_sae import sae_train
-    from mnist_sae.sae import SAE
+    from mnist_sae.fit import FitPlan, fit_sae
+    from mnist_sae.sae_train import TrainSettings
 
     arch = {"sae_jumprelu": "jumprelu", "sae_jumprelu_kl": "jumprelu", "sae_relu": "relu", "sae_topk": "topk"}[variant]
     cfg = dataclasses.replace(base_cfg, arch=arch, d_in=site.d, k=k if arch == "topk" else min(base_cfg.k, base_cfg.n_latents))
     kl = settings.kl_coef if variant == "sae_jumprelu_kl" else 0.0
-    train_settings = sae_train.TrainSettings(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
-                                             kl_coef=kl, aux_coef=settings.aux_coef, dead_steps=settings.dead_steps,
-                                             log_every=10**9)
+    train_settings = TrainSettings(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
+                                   kl_coef=kl, aux_coef=settings.aux_coef, dead_steps=settings.dead_steps,
+                                   log_every=10**9)
     loss_kw = {}
     if kl > 0:  # the KL term maps z back to logits; un-normalized z are the logits themselves
         ones_D = torch.ones(site.d)
         loss_kw = {"mean_D": site.mean_D if site.normalize else 0 * ones_D, "std_D": site.std_D if site.normalize else ones_D}
-    info = {"lambda": 0.0, "calibrated_l0_val": None, "theta_shift": 0.0}
-    if arch != "topk":
-        cal = sae_train.calibrate(cfg, site.z_train_ND, site.z_val_ND, float(k), list(settings.lambdas), settings.refine,
-                                  train_settings, seed, device=device, **loss_kw)
-        info.update({"lambda": cal.lam, "calibrated_l0_val": cal.l0})
-    gen = torch.Generator().manual_seed(seed)
-    sae = SAE(cfg, n_models=1, generator=gen).to(device)
-    sae_train.train_sae(sae, site.z_train_ND, [info["lambda"]], train_settings, gen, **loss_kw)
-    if arch == "jumprelu" and settings.shift_thresholds:
-        info["theta_shift"] = sae_train.shift_thresholds_(sae, site.z_val_ND.to(device), float(k))
-    return sae.cpu().eval(), info
+    plan = FitPlan(target_l0=float(k), train=train_settings, seeds=(seed,), lambdas=tuple(settings.lambdas),
+                   refine=settings.refine, shift_thresholds=settings.shift_thresholds)
+    sae, fitted = fit_sae(cfg, site.z_train_ND, site.z_val_ND, plan, device=device, **loss_kw)
+    info = {"lambda": fitted.lam, "calibrated_l0_val": None if fitted.calibration is None else fitted.calibration.l0,
+            "theta_shift": fitted.theta_shift[0]}
+    return sae, info
 
 
 def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, top_n: int,

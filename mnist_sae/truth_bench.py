@@ -23,7 +23,8 @@ import torch
 # the dictionary baselines (the same ones the baselines stage fits)
 from mnist_sae.dictionaries import fit_kmeans, fit_pca, pca_dictionary, random_directions, topk_dictionary
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
-from mnist_sae.sae_train import TrainSettings, calibrate, shift_thresholds_, train_sae
+from mnist_sae.fit import FitPlan, fit_sae
+from mnist_sae.sae_train import TrainSettings
 from mnist_sae.truth import truth_scores
 
 SAE_VARIANTS = ("sae_jumprelu_sigmoid", "sae_jumprelu_rectangle", "sae_relu", "sae_topk")
@@ -57,7 +58,7 @@ class BenchSettings:
     recovered_cosine: float  # matched |cos| at or above which a true feature counts as recovered
 
 
-def fit_sae(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, s: BenchSettings, seed: int,
+def fit_variant(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, s: BenchSettings, seed: int,
             device: str = "cpu") -> tuple[SAE, dict]:
     """One SAE at sparsity k: calibrate lambda on val (jumprelu, relu), train with it (same seed,
     init and batches as calibration), shift JumpReLU thresholds to val L0 = k; topk has k by
@@ -70,17 +71,11 @@ def fit_sae(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tens
                     aux_k=min(s.aux_k, s.n_latents))
     settings = TrainSettings(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, aux_coef=s.aux_coef,
                              dead_steps=s.dead_steps, lr_decay=s.lr_decay, log_every=10**9)
-    info = {"lambda": 0.0, "calibrated_l0_val": None, "theta_shift": 0.0}
-    if arch != "topk":
-        cal = calibrate(cfg, z_train_ND, z_val_ND, float(k), list(s.lambdas), s.refine, settings, seed, device=device)
-        info.update({"lambda": cal.lam, "calibrated_l0_val": cal.l0})
-    gen = torch.Generator().manual_seed(seed)
-    sae = SAE(cfg, n_models=1, generator=gen).to(device)
-    train_sae(sae, z_train_ND, [info["lambda"]], settings, gen)
-    sae = sae.cpu().eval()
-    if arch == "jumprelu" and s.shift_thresholds:
-        info["theta_shift"] = shift_thresholds_(sae, z_val_ND, float(k))
-    return sae, info
+    plan = FitPlan(target_l0=float(k), train=settings, seeds=(seed,), lambdas=tuple(s.lambdas), refine=s.refine,
+                   shift_thresholds=s.shift_thresholds)
+    sae, res = fit_sae(cfg, z_train_ND, z_val_ND, plan, device=device)
+    return sae, {"lambda": res.lam, "calibrated_l0_val": None if res.calibration is None else res.calibration.l0,
+                 "theta_shift": res.theta_shift[0]}
 
 
 def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarray, c_test_NT: np.ndarray,
@@ -112,7 +107,7 @@ def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarr
                             ("random", topk_dictionary(W_rand_FD, mean_D, k))):
             add(method, k, dic.W_dec_FD, dic.encode(z_test_ND))
         for variant in SAE_VARIANTS:
-            sae, info = fit_sae(variant, k, z_train_ND, z_val_ND, s, seed, device)
+            sae, info = fit_variant(variant, k, z_train_ND, z_val_ND, s, seed, device)
             add(variant, k, sae.W_dec_GFD[0], reconstruct(sae, z_test_ND)[1], info)
     return rows
 

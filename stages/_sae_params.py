@@ -49,6 +49,7 @@ class SAEParams:
     lr_decay: float = field(metadata=rule(lambda v: 0 <= v <= 1, "a number in [0, 1]"))  # share of last steps with lr decaying to 0
     batch_size: int = field(metadata=POSITIVE)  # train_sae minibatch size
     seed: int = field(metadata=NON_NEGATIVE)  # init and batch order (calibration too)
+    seeds: int = field(metadata=POSITIVE)  # train_sae: models trained at once with seeds seed, seed+1, ...; metrics are mean and 95% interval
     theta_shift: bool  # jumprelu: after training shift all thresholds by one delta so val L0 = target
     kl_coef: float = field(metadata=NON_NEGATIVE)  # weight of KL(softmax(y) || softmax(y_hat)); logit site only
     k: int | None = field(metadata=POSITIVE)  # topk: active latents per example; null = round(target_l0)
@@ -67,6 +68,9 @@ class SAEParams:
             raise ParamError(f"{prefix}.target_l0 = {self.target_l0}: rounds to k = 0; set sae.k")
         if self.aux_k > self.n_latents:
             raise ParamError(f"{prefix}.aux_k = {self.aux_k}: must be <= n_latents = {self.n_latents}")
+
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seed, self.seed + self.seeds))
 
     def top_k(self) -> int:
         return self.k if self.k is not None else int(round(self.target_l0))

@@ -46,7 +46,7 @@ def main():
                                p.eval_split, to_logits)
     with threadpool_limits(1):
         # k = 0: scored at its own L0, not matched to a k
-        baselines.add_scored(res, "sae_main", 0, *baselines.sae_method(SAE.from_checkpoint(ckpt["sae"]).eval()), site,
+        baselines.add_scored(res, "sae_main", 0, *baselines.sae_method(SAE.from_checkpoint(ckpt["sae"]).select(0).eval()), site,
                              top_n=p.top_n, seed=p.seed,
                              probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed))
 

@@ -1,0 +1,47 @@
+"""Statistics over seeds: every seeded number is reported as a mean and a 95% interval.
+
+With S independent seeds (S models trained from different inits and batch orders on the same
+data) the interval is Student's t: mean +- t_{0.975, S-1} * s / sqrt(S), s the sample standard
+deviation (ddof 1). It covers the seed-to-seed variation of the training recipe, not the
+sampling of the evaluation examples. With one seed there is no interval (half-width None).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as sps
+
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
+    """(mean, half-width) of the two-sided t-interval over `values` (None when fewer than 2)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"t_interval: expected a non-empty 1-d list of values, got shape {x.shape}")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None
+    t = float(sps.t.ppf(0.5 + confidence / 2, df=x.size - 1))
+    return mean, t * float(x.std(ddof=1)) / math.sqrt(x.size)
+
+
+def seed_summary(per_seed: list[dict]) -> dict:
+    """{key: mean, key_ci95: half-width, ...} for every numeric key of the per-seed dicts, plus
+    "per_seed": the dicts themselves. Half-widths are omitted with a single seed."""
+    out = {}
+    for key in per_seed[0]:
+        vals = [row[key] for row in per_seed]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            mean, hw = t_interval(vals)
+            out[key] = mean
+            if hw is not None:
+                out[f"{key}_ci95"] = hw
+    out["per_seed"] = per_seed
+    return out
+
+
+def separated(mean_a: float, hw_a: float | None, mean_b: float, hw_b: float | None) -> bool:
+    """True when the two intervals [mean -+ hw] do not overlap (a missing half-width counts as 0).
+    Non-overlap of 95% intervals is a conservative test of a difference (it implies p < 0.05)."""
+    return abs(mean_a - mean_b) > (hw_a or 0.0) + (hw_b or 0.0)
