@@ -21,10 +21,10 @@ from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fi
 def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, seed: int, kmeans_n_init: int,
                            kmeans_max_iter: int, n_classes: int = 10) -> list[tuple[str, int, Dictionary]]:
     """[(method, k, Dictionary)], all fitted on train: ("kmeans", 1, nearest centroid) first, then
-    for each k: PCA top-k, k-means gain-shape, random directions (seeded), class directions."""
-    if max(ks) > min(site.d, n_latents, n_classes):
-        raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents}, "
-                         f"classes = {n_classes})")
+    for each k: PCA top-k, k-means gain-shape, random directions (seeded), class directions (only
+    for k <= n_classes: there are n_classes of them)."""
+    if max(ks) > min(site.d, n_latents):
+        raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents})")
     mean_D = site.z_train_mean_D
     components_KD, pca_mean_D = fit_pca(site.z_train_ND, max(ks))
     C_FD = fit_kmeans(site.z_train_ND, n_latents, seed, kmeans_n_init, kmeans_max_iter)
@@ -34,8 +34,9 @@ def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, see
     for k in ks:
         out += [("pca", k, pca_dictionary(components_KD[:k], pca_mean_D)),
                 ("kmeans_gain_shape", k, topk_dictionary(C_FD - mean_D, mean_D, k)),
-                ("random", k, topk_dictionary(W_rand_FD, mean_D, k)),
-                ("class", k, topk_dictionary(W_class_CD, mean_D, k))]
+                ("random", k, topk_dictionary(W_rand_FD, mean_D, k))]
+        if k <= n_classes:
+            out.append(("class", k, topk_dictionary(W_class_CD, mean_D, k)))
     return out
 
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from mnist_sae.sae import ARCHS, STES, SAEConfig
-from mnist_sae.sae_train import TrainSettings, load_site
+from mnist_sae.sae_train import DECODER_INITS, TrainSettings, load_site
 from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, choice, load_device, load_params, read_params_file,
                             rule, setup_torch)
 
@@ -57,6 +57,8 @@ class SAEParams:
     aux_coef: float = field(metadata=NON_NEGATIVE)  # topk: AuxK loss weight (Gao et al. 2024: 1/32)
     dead_steps: int = field(metadata=POSITIVE)  # topk: steps without firing after which a latent is dead
     log_every: int = field(metadata=POSITIVE)  # train_sae: steps per logged point of the training curves
+    decoder_init: str = field(metadata=choice(*DECODER_INITS))  # random unit directions | data: centred training rows
+    resample_every: int = field(metadata=NON_NEGATIVE)  # resample latents that did not fire in this many steps (0 = never)
     calibration: CalibrationParams
 
     def validate(self, prefix: str) -> None:
@@ -83,7 +85,7 @@ class SAEParams:
     def settings(self, epochs: int, batch_size: int) -> TrainSettings:
         return TrainSettings(lr=self.lr, epochs=epochs, batch_size=batch_size, kl_coef=self.kl_coef,
                              aux_coef=self.aux_coef, dead_steps=self.dead_steps, log_every=self.log_every,
-                             lr_decay=self.lr_decay)
+                             lr_decay=self.lr_decay, decoder_init=self.decoder_init, resample_every=self.resample_every)
 
 
 def load_sae_params(raw: dict) -> SAEParams:

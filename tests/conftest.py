@@ -36,6 +36,7 @@ TINY = {
 # keys of later stages, applied only when that section exists in params.yaml
 TINY_OPTIONAL = {
     "sae.epochs": 1,
+    "sae.seeds": 2,
     "sae.batch_size": 16,
     "sae.calibration.num": 4,
     "sae.calibration.refine": 1,

@@ -104,6 +104,20 @@ def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):
     assert after["sae_main"] != before["sae_main"]
 
 
+def test_hidden_site_compares_at_the_main_saes_l0(pipeline_run, tmp_path):
+    """The README's hidden-site study on the tiny pipeline: a target L0 outside baselines.k still
+    gets every reference method at that k, and the report compares the main SAE there."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    dvc(project, "exp", "run", "-S", "collect.site=hidden", "-S", "sae.kl_coef=0.0", "-S", "sae.target_l0=6.0",
+        "-S", "baselines.k=[1, 2]", "-S", "baselines.family=false")
+    out = json.loads((project / "metrics/baselines.json").read_text())
+    assert {"k1", "k2", "k6"} <= set(out)
+    assert {"pca", "kmeans_gain_shape", "random"} <= set(out["k6"]) and "class" in out["k2"]
+    main_l0 = out["sae_main"]["l0"]
+    assert abs(main_l0 - 6.0) < 1.0  # threshold shift on val: near 6 on the eval split too
+    assert "At k = 6:" in (project / "metrics/BASELINES.md").read_text()
+
+
 def test_report_code_change_reruns_only_compare(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
     if "compare" not in stage_names(project):
