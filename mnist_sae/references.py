@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_sae.baselines import (FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy,
-                                 sae_method)
+from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_method
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
 
 
 # --- the reference methods --------------------------------------------------------------------
+
+UNSEEDED = ("pca", "class")  # deterministic fits: one per run, whatever the seed count
 
 
 def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, seed: int, kmeans_n_init: int,
@@ -62,9 +63,10 @@ def family_variants(site_is_logits: bool) -> tuple[str, ...]:
     return FAMILY if site_is_logits else tuple(v for v in FAMILY if v != "sae_jumprelu_kl")
 
 
-def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings: FamilySettings, seed: int,
-                        device: str = "cpu"):
-    """(sae, info): one SAE of the family trained at sparsity k with sae_train's public functions.
+def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings: FamilySettings,
+                        seeds: tuple[int, ...], device: str = "cpu"):
+    """(sae, info): the family's SAE at sparsity k, one stacked model per seed, by mnist_sae.fit's
+    recipe (lambda calibrated with the first seed).
 
     jumprelu / relu: lambda = sae_train.calibrate(target_l0 = k) on val, then one SAE trained
     with it (same seed, init and batches as the calibration run); jumprelu then optionally
@@ -87,32 +89,44 @@ def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings
     if kl > 0:  # the KL term maps z back to logits; un-normalized z are the logits themselves
         ones_D = torch.ones(site.d)
         loss_kw = {"mean_D": site.mean_D if site.normalize else 0 * ones_D, "std_D": site.std_D if site.normalize else ones_D}
-    plan = FitPlan(target_l0=float(k), train=train_settings, seeds=(seed,), lambdas=tuple(settings.lambdas),
+    plan = FitPlan(target_l0=float(k), train=train_settings, seeds=tuple(seeds), lambdas=tuple(settings.lambdas),
                    refine=settings.refine, shift_thresholds=settings.shift_thresholds)
     sae, fitted = fit_sae(cfg, site.z_train_ND, site.z_val_ND, plan, device=device, **loss_kw)
     info = {"lambda": fitted.lam, "calibrated_l0_val": None if fitted.calibration is None else fitted.calibration.l0,
-            "theta_shift": fitted.theta_shift[0]}
+            "theta_shift": fitted.theta_shift}
     return sae, info
 
 
 def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, top_n: int,
                    kmeans_n_init: int, kmeans_max_iter: int, probe: ProbeSettings | None,
                    family: FamilySettings | None, base_cfg=None, site_is_logits: bool = True,
-                   device: str = "cpu", log=print) -> Results:
+                   seeds: int = 1, device: str = "cpu", log=print) -> Results:
     """Fit every reference method on train (and train the SAE family when `family` is given),
     score all on the eval split through `score`. The main SAE is not here: the compare stage adds
-    its row with `add_scored`, so a new main SAE refits nothing."""
+    its row with `add_scored`, so a new main SAE refits nothing.
+
+    Methods that depend on a seed (k-means, gain-shape k-means, random directions, the SAE family)
+    are fitted with seeds seed, seed + 1, ..., seed + seeds - 1 (the family's seeds trained at once
+    as one stacked model); their row holds the mean over seeds and a 95% t-interval half-width per
+    metric (mnist_sae.stats.aggregate_rows), their distributions are the first seed's. PCA and
+    class directions have no seed: one fit. Scoring (purity sampling, probes) always uses `seed`."""
     res = Results([], {}, None, {})
     if probe is not None:
         res.probe_raw_acc = probe_accuracy(site.z_train_ND, site.z_eval_ND, site, probe)
     kw = dict(site=site, top_n=top_n, seed=seed, probe=probe, log=log)
-    for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=seed, kmeans_n_init=kmeans_n_init,
-                                                 kmeans_max_iter=kmeans_max_iter):
-        add_scored(res, method, k, dic.reconstruct, dic.W_dec_FD, dic.signed, **kw)
+    seed_list = tuple(range(seed, seed + seeds))
+    fits: dict[tuple[str, int], list] = {}  # (method, k) -> [(reconstruct_fn, W_dec_FD, signed)] in seed order
+    for s in seed_list:
+        for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=s, kmeans_n_init=kmeans_n_init,
+                                                     kmeans_max_iter=kmeans_max_iter):
+            if s == seed or method not in UNSEEDED:
+                fits.setdefault((method, k), []).append((dic.reconstruct, dic.W_dec_FD, dic.signed))
+    for (method, k), method_fits in fits.items():
+        add_scored(res, method, k, method_fits, **kw)
     if family is not None:
         for k in ks:
             for variant in family_variants(site_is_logits):
-                sae, info = train_family_member(variant, k, site, base_cfg, family, seed, device)
+                sae, info = train_family_member(variant, k, site, base_cfg, family, seed_list, device)
                 res.family[f"{variant}@{k}"] = info
-                add_scored(res, variant, k, *sae_method(sae), **kw)
+                add_scored(res, variant, k, [sae_method(sae.select(g)) for g in range(sae.n_models)], **kw)
     return res

@@ -32,6 +32,7 @@ class TrainSettings:
     log_every: int = 100  # steps between on_step calls
     decoder_init: str = "random"  # random (unit directions) | data (centred training rows, see init_from_data_)
     resample_every: int = 0  # every this many steps, latents that did not fire in them are resampled (0 = never)
+    sparsity_warmup: float = 0.0  # share of the first steps over which the sparsity coefficient ramps linearly from 0
 
 
 @dataclass
@@ -91,6 +92,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     use_aux = cfg.arch == "topk"
     total_steps = steps_per_epoch * settings.epochs
     decay_from = total_steps - int(settings.lr_decay * total_steps)  # first step with a reduced lr
+    # sparsity warm-up (Anthropic, "Circuits Updates - April 2024": lambda ramped up over the first 5%)
+    warm_steps = int(settings.sparsity_warmup * total_steps)
     fired_window_GF = torch.zeros(G, cfg.n_latents, dtype=torch.bool, device=device)  # for resampling
     idle_GF = torch.zeros(G, cfg.n_latents, dtype=torch.long, device=device)  # steps since last fire
     history = TrainHistory()
@@ -110,7 +113,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                 fired_GF = (a_GBF.detach() != 0).any(1)
                 idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
                 aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
-            terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, kl_coef=settings.kl_coef,
+            step_coef_G = coef_G if step >= warm_steps else coef_G * ((step + 1) / warm_steps)
+            terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, step_coef_G, kl_coef=settings.kl_coef,
                              mean_D=mean_D, std_D=std_D, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()

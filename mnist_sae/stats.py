@@ -45,3 +45,23 @@ def separated(mean_a: float, hw_a: float | None, mean_b: float, hw_b: float | No
     """True when the two intervals [mean -+ hw] do not overlap (a missing half-width counts as 0).
     Non-overlap of 95% intervals is a conservative test of a difference (it implies p < 0.05)."""
     return abs(mean_a - mean_b) > (hw_a or 0.0) + (hw_b or 0.0)
+
+
+def aggregate_rows(rows: list[dict]) -> dict:
+    """One row from the same method scored once per seed: every numeric key becomes its mean over
+    seeds, with key_ci95 beside it when there are 2+ seeds and the values differ; values equal in
+    every row (integers such as n_latents, strings, None) are kept as they are; "seeds" counts
+    the rows."""
+    out = {}
+    for key, first in rows[0].items():
+        vals = [r.get(key) for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if not numeric or all(v == first for v in vals):
+            out[key] = first
+            continue
+        mean, hw = t_interval(vals)
+        out[key] = mean
+        if hw is not None:
+            out[f"{key}_ci95"] = hw
+    out["seeds"] = len(rows)
+    return out

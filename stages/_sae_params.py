@@ -59,6 +59,7 @@ class SAEParams:
     log_every: int = field(metadata=POSITIVE)  # train_sae: steps per logged point of the training curves
     decoder_init: str = field(metadata=choice(*DECODER_INITS))  # random unit directions | data: centred training rows
     resample_every: int = field(metadata=NON_NEGATIVE)  # resample latents that did not fire in this many steps (0 = never)
+    sparsity_warmup: float = field(metadata=rule(lambda v: 0 <= v <= 1, "a number in [0, 1]"))  # share of first steps with lambda ramping up from 0
     calibration: CalibrationParams
 
     def validate(self, prefix: str) -> None:
@@ -85,7 +86,8 @@ class SAEParams:
     def settings(self, epochs: int, batch_size: int) -> TrainSettings:
         return TrainSettings(lr=self.lr, epochs=epochs, batch_size=batch_size, kl_coef=self.kl_coef,
                              aux_coef=self.aux_coef, dead_steps=self.dead_steps, log_every=self.log_every,
-                             lr_decay=self.lr_decay, decoder_init=self.decoder_init, resample_every=self.resample_every)
+                             lr_decay=self.lr_decay, decoder_init=self.decoder_init, resample_every=self.resample_every,
+                             sparsity_warmup=self.sparsity_warmup)
 
 
 def load_sae_params(raw: dict) -> SAEParams:

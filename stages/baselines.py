@@ -56,10 +56,10 @@ def main():
             site, ks, sp.n_latents, seed=p.seed, top_n=p.top_n, kmeans_n_init=p.kmeans_n_init,
             kmeans_max_iter=p.kmeans_max_iter, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
             family=family if p.family else None, base_cfg=sp.config(info["d"]), site_is_logits=info["site"] == "logits",
-            device=device)
+            seeds=sp.seeds, device=device)
 
     # what the compare stage checks its own params against, and reports
-    meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed,
+    meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "seeds": sp.seeds,
             "top_n": p.top_n, "device": device}
     with atomic_path(args.out_dir) as tmp:
         tmp.mkdir()

@@ -32,8 +32,10 @@ def main():
     device = load_device(raw)
     info, mean_D, std_D = load_stats(args.collected_dir)
     res, meta = baselines.load_results(args.baselines_dir)
-    ks = matched_ks(p, load_sae_params(raw).target_l0)
-    made_with = {"site": info["site"], "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "top_n": p.top_n}
+    sp = load_sae_params(raw)
+    ks = matched_ks(p, sp.target_l0)
+    made_with = {"site": info["site"], "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "top_n": p.top_n,
+                 "seeds": sp.seeds}
     stale = [key for key, v in made_with.items() if meta[key] != v]
     if stale:
         raise DataError(f"{args.baselines_dir}: made with other {', '.join(stale)} than params.yaml; run dvc repro baselines")
@@ -48,7 +50,8 @@ def main():
                                p.eval_split, to_logits)
     with threadpool_limits(1):
         # k = 0: scored at its own L0, not matched to a k
-        baselines.add_scored(res, "sae_main", 0, *baselines.sae_method(SAE.from_checkpoint(ckpt["sae"]).select(0).eval()), site,
+        sae = SAE.from_checkpoint(ckpt["sae"]).eval()  # one model per seed: the row is their mean and interval
+        baselines.add_scored(res, "sae_main", 0, [baselines.sae_method(sae.select(g)) for g in range(sae.n_models)], site,
                              top_n=p.top_n, seed=p.seed,
                              probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed))
 
