@@ -3,7 +3,7 @@
     python bench/bench_ffn.py [--hidden 1024 8192] [--seconds 6] [--threads N] [--device cpu]
 
 All numbers come from one run on one machine, so only the ratios mean anything:
-- ours: `mnist_sae.train.train_ffn` itself (the pipeline's loop): the whole train split as one
+- ours: `mnist_sae.ffn_train.train_ffn` itself (the pipeline's loop): the whole train split as one
   float tensor in memory, batches indexed from a seeded permutation, fused Adam.
 - reference, written the common way: a torch `Dataset` whose __getitem__ converts one uint8
   image to float, a `DataLoader(batch_size=8, shuffle=True)` collating the batch, an nn.Linear
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnist_sae.ffn import FFN  # noqa: E402
-from mnist_sae.train import train_ffn  # noqa: E402
+from mnist_sae.ffn_train import train_ffn  # noqa: E402
 
 BATCH = 8
 BYTES_PER_PARAM_STEP = 36  # see the byte model in the docstring

@@ -39,7 +39,7 @@ if portable:
     _numerics.pin(True)
 import numpy as np, torch
 from mnist_sae.ffn import FFN
-from mnist_sae.train import train_ffn
+from mnist_sae.ffn_train import train_ffn
 import os
 torch.set_num_threads(1 if portable else max(1, len(os.sched_getaffinity(0))))
 torch.set_flush_denormal(True)

@@ -10,8 +10,10 @@ many threads split it. The same code on another x86-64 machine therefore gives o
 x86-64 CPU has, Intel or AMD, with or without AVX-512:
 
     ATEN_CPU_CAPABILITY=avx2          ATen's vectorized CPU kernels (default | avx2 | avx512)
-    MKL_CBWR=AVX2,STRICT              MKL's conditional bitwise reproducibility: the AVX2 code
-                                      branch, and STRICT so results do not depend on alignment
+    MKL_CBWR=COMPATIBLE,STRICT        MKL's conditional bitwise reproducibility: the COMPATIBLE code
+                                      branch (SSE2 without rcpps/rsqrtps), the one branch MKL runs
+                                      alike on Intel and non-Intel CPUs; STRICT so results do not
+                                      depend on alignment
     MKL_ENABLE_INSTRUCTIONS=AVX2      MKL's dispatch ceiling (Intel CPUs would otherwise take AVX-512)
     ONEDNN_MAX_CPU_ISA=AVX2           oneDNN (mkldnn) kernels, where torch uses them
     DNNL_MAX_CPU_ISA=AVX2             the same knob under oneDNN's older name
@@ -19,7 +21,21 @@ x86-64 CPU has, Intel or AMD, with or without AVX-512:
     OPENBLAS_CORETYPE=Haswell         OpenBLAS's kernels (NumPy / scikit-learn's BLAS) at AVX2
     OMP/MKL/OPENBLAS_NUM_THREADS=1    one thread: a reduction's order does not depend on the core count
 
-and torch.set_num_threads(1) in setup_torch. Measured on this 2-core AMD EPYC (Zen 4, AVX-512):
+and torch.set_num_threads(1) in setup_torch.
+
+Why COMPATIBLE and not AVX2 (the first pin used MKL_CBWR=AVX2,STRICT): Intel's oneMKL developer
+guide ("Getting Started with Conditional Numerical Reproducibility") says the AVX2 branch gives the
+same results on every *Intel* AVX2 CPU, and that on non-Intel CPUs that setting falls back to the
+AUTO branch, so results may differ. Measured: the run committed from a 2-core AMD EPYC (Zen 4) with
+AVX2,STRICT did not reproduce on a 2-core Intel Xeon (Sapphire Rapids class, AVX-512 + AMX) with
+the same pin: the 8192-wide lr 1e-4 FFN's val CE 0.0873398 there, 0.0874347 here. On the Intel
+machine AVX2,STRICT and AUTO,STRICT (with MKL_ENABLE_INSTRUCTIONS=AVX2) gave one weight hash and
+COMPATIBLE,STRICT another; COMPATIBLE cost 1.4x per step of the 8192-wide FFN (42 vs 29-31 ms,
+150 steps, interleaved, 2 rounds, busy machine). MKL's GEMMs are the only vendor-dispatched code
+in the path: ATen's AVX2 kernels, NumPy's AVX2 loops and OpenBLAS's Haswell kernels are fixed
+instruction sequences whose IEEE results do not depend on the vendor.
+
+Measured on a 2-core AMD EPYC (Zen 4, AVX-512):
 a 1024-wide FFN trained 300 steps gives one weight hash under an outside ATEN_CPU_CAPABILITY of
 default, avx2 or avx512 when pinned, and three different hashes when not (tests/test_portable.py
 repeats this on the tiny pipeline). `repro.portable: false` leaves the machine's native choices
@@ -42,7 +58,7 @@ import sys
 
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
-    "MKL_CBWR": "AVX2,STRICT",
+    "MKL_CBWR": "COMPATIBLE,STRICT",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "DNNL_MAX_CPU_ISA": "AVX2",

@@ -21,7 +21,7 @@ SECTIONS = {
     "device": (None, lambda raw: load_device(raw)),
     "repro": (None, lambda raw: load_params(ReproParams, "repro", raw)),
     "data": ("stages.prepare", lambda m, raw: load_params(m.DataParams, "data", raw)),
-    "ffn": ("stages.train_ffn", lambda m, raw: load_params(m.FFNParams, "ffn", raw)),
+    "ffn": ("stages._ffn_params", lambda m, raw: load_params(m.FFNParams, "ffn", raw)),
     "collect": ("stages.collect", lambda m, raw: load_params(m.CollectParams, "collect", raw)),
     "sae": ("stages._sae_params", lambda m, raw: m.load_sae_params(raw)),
     "evaluate": ("stages.evaluate", lambda m, raw: load_params(m.EvaluateParams, "evaluate", raw)),

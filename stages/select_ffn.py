@@ -15,7 +15,7 @@ from mnist_sae import metrics
 from mnist_sae.ffn import FFN, apply_in_chunks
 from stages._common import (DataError, load_device, load_params, load_prepared, load_torch, read_params_file, run,
                             save_torch, setup_torch, write_json, write_text)
-from stages.train_ffn import FFNParams
+from stages._ffn_params import FFNParams
 
 
 def main():

@@ -13,7 +13,8 @@ points at once on one thread each took 58 s, the same two one after the other wi
 `persist: true` (DVC leaves it in place when the stage reruns), and each point folder's
 point.json records the sha256 of everything its bits depend on: hidden, lr, the ffn params that
 reach training, the device, the numerical path (stages/_numerics.py), the torch version, the
-training code (this file, mnist_sae/ffn.py, mnist_sae/train.py, stages/_numerics.py) and the
+training code (this file, stages/_ffn_params.py, mnist_sae/ffn.py, mnist_sae/ffn_train.py,
+stages/_numerics.py) and the
 train split's bytes. A point whose key matches is kept as it is; every other point is trained;
 folders of points no longer in the grid are removed, so OUT_DIR always holds exactly the grid.
 
@@ -32,35 +33,19 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from mnist_sae.ffn import FFN
-from mnist_sae.train import train_ffn
+from mnist_sae.ffn_train import train_ffn
 from stages import _numerics
-from stages._common import (NON_EMPTY_POSITIVE, NON_NEGATIVE, POSITIVE, DataError, atomic_path, choice,
-                            load_device, load_params, load_prepared, read_params_file, run, setup_torch, write_json)
+from stages._common import (DataError, atomic_path, load_device, load_params, load_prepared, read_params_file, run,
+                            setup_torch, write_json)
+from stages._ffn_params import FFNParams
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ["stages/train_ffn.py", "stages/_numerics.py", "mnist_sae/ffn.py", "mnist_sae/train.py"]
-
-
-@dataclass(frozen=True)
-class SweepParams:
-    hidden: list[int] = field(metadata=NON_EMPTY_POSITIVE)  # hidden widths
-    lr: list[float] = field(metadata=NON_EMPTY_POSITIVE)  # Adam learning rates
-    workers: int = field(metadata=NON_NEGATIVE)  # parallel training processes; 0 = one per core (bits do not depend on it)
-
-
-@dataclass(frozen=True)
-class FFNParams:
-    type: str = field(metadata=choice("relu", "geglu"))  # hidden nonlinearity
-    batch_size: int = field(metadata=POSITIVE)  # examples per Adam step (8 in the original notebooks)
-    epochs: int = field(metadata=POSITIVE)  # passes over the train split
-    seed: int = field(metadata=NON_NEGATIVE)  # init and batch-order seed (the same for every grid point)
-    sweep: SweepParams  # the grid this stage trains
+CODE = ["stages/train_ffn.py", "stages/_ffn_params.py", "stages/_numerics.py", "mnist_sae/ffn.py", "mnist_sae/ffn_train.py"]
 
 
 def point_name(hidden: int, lr: float) -> str:
@@ -75,14 +60,19 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def point_key(hidden: int, lr: float, p: FFNParams, device: str, prep_dir: str) -> str:
-    """sha256 of everything a point's trained bits depend on (see the module docstring)."""
+def input_digests(prep_dir: str) -> dict:
+    """sha256 of the training code and of the train split: the same for every point, hashed once."""
+    return {"code": {c: _sha256_file(ROOT / c) for c in CODE},
+            "train": {f: _sha256_file(Path(prep_dir) / f) for f in ("x_train.npy", "y_train.npy")}}
+
+
+def point_key(hidden: int, lr: float, p: FFNParams, device: str, digests: dict) -> str:
+    """sha256 of everything a point's trained bits depend on (see the module docstring); digests
+    from input_digests."""
     numerics = _numerics.describe()
     what = {"hidden": hidden, "lr": lr, "type": p.type, "batch_size": p.batch_size, "epochs": p.epochs,
             "seed": p.seed, "device": device, "portable": numerics["portable"], "torch": numerics["torch"],
-            "cpu": None if numerics["portable"] else numerics["cpu_capability"],
-            "code": {c: _sha256_file(ROOT / c) for c in CODE},
-            "train": {f: _sha256_file(Path(prep_dir) / f) for f in ("x_train.npy", "y_train.npy")}}
+            "cpu": None if numerics["portable"] else numerics["cpu_capability"], **digests}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -144,8 +134,9 @@ def sweep(prep_dir: str, out_dir: str, timing_dir: str) -> None:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     todo = []
+    digests = input_digests(prep_dir)
     for h, lr in points:
-        key, name = point_key(h, lr, p, device, prep_dir), point_name(h, lr)
+        key, name = point_key(h, lr, p, device, digests), point_name(h, lr)
         if _existing_key(out / name) == key:
             print(f"train_ffn: keep {name} (key {key[:12]} unchanged)", flush=True)
         else:

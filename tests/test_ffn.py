@@ -7,7 +7,7 @@ import torch
 
 from mnist_sae import data
 from mnist_sae.ffn import FFN, apply_in_chunks
-from mnist_sae.train import train_ffn
+from mnist_sae.ffn_train import train_ffn
 
 
 @pytest.mark.parametrize("kind", ["relu", "geglu"])
