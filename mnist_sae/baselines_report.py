@@ -183,13 +183,15 @@ def frontier_csvs(res: Results) -> dict[str, str]:
 
 
 def frontier_figure(res: Results):
-    """MSE, CE recovered and purity against L0, one line per method."""
+    """MSE, CE recovered and purity against L0, one line per method; 2 x 2 panels, 12 in wide
+    (1200 px at the 100 dpi the stages save with), the legend across the top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    axes = axes.ravel()
     for method in METHOD_ORDER:
         mrows = [r for r in _sorted_rows(res.rows) if r["method"] == method]
         if not mrows:
@@ -205,8 +207,12 @@ def frontier_figure(res: Results):
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    axes[-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    legend = {}  # label -> handle, over every panel, in plotting order
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
 
@@ -219,7 +225,7 @@ def histogram_figure(res: Results, key: str, k: int, title: str, welch: bool = F
 
     names = [n for n in (f"{m}@{k}" for m in METHOD_ORDER) if n in res.dists]
     names += [n for n in ("kmeans@1", "sae_main@0") if n in res.dists and n not in names]
-    cols = 4
+    cols = 3  # 3 x 4 in: 1200 px wide at 100 dpi
     nrows = max(1, -(-len(names) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
     rows = {f"{r['method']}@{r['k']}": r for r in res.rows}
