@@ -136,7 +136,7 @@ def usage_figure(usage: dict[str, np.ndarray], latents: list[int], columns: list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.25 * len(latents) + 2), squeeze=False)
+    fig, axes = plt.subplots(1, len(columns), figsize=(min(12.0, 4.0 * len(columns)), 0.25 * len(latents) + 2), squeeze=False)
     for ax, name in zip(axes[0], columns):
         c_FV = usage[name][latents]
         share_FV = c_FV / np.maximum(c_FV.sum(1, keepdims=True), 1)

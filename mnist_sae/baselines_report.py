@@ -201,8 +201,8 @@ def frontier_csvs(res: Results) -> dict[str, str]:
 
 def frontier_figure(res: Results):
     """Normalized MSE, accuracy drop, CE recovered and top-activation purity against L0, one line per
-    method; vertical bars are the 95% t-intervals over seeds where a method has seeds. The legend
-    sits in the first panel, where the eye starts."""
+    method; vertical bars are the 95% t-intervals over seeds where a method has seeds. 2 x 2 panels,
+    12 in wide (1200 px at the 100 dpi the stages save with), the legend across the top."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +210,8 @@ def frontier_figure(res: Results):
 
     panels = (("mse_norm", "normalized MSE (lower is better)"), ("acc_drop_pp", "accuracy drop, pp (lower is better)"),
               ("ce_recovered", "CE recovered"), ("purity_top", "purity of top activations"))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    axes = axes.ravel()
     for method in METHOD_ORDER:
         mrows = [r for r in _sorted_rows(res.rows) if r["method"] == method]
         if not mrows:
@@ -225,9 +226,13 @@ def frontier_figure(res: Results):
         ax.set_xlabel("L0 (active latents per example)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes.flat[0].set_yscale("log")
-    axes.flat[0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    axes[0].set_yscale("log")
+    legend = {}  # label -> handle, over every panel, in plotting order
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
 
@@ -240,7 +245,7 @@ def histogram_figure(res: Results, key: str, k: int, title: str, welch: bool = F
 
     names = [n for n in (f"{m}@{k}" for m in METHOD_ORDER) if n in res.dists]
     names += [n for n in ("kmeans@1", "sae_main@0") if n in res.dists and n not in names]
-    cols = 4
+    cols = 3  # 3 x 4 in: 1200 px wide at 100 dpi
     nrows = max(1, -(-len(names) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
     rows = {f"{r['method']}@{r['k']}": r for r in res.rows}

@@ -137,6 +137,9 @@ def make_project(dest: Path, updates: dict | None = None) -> Path:
     dvc(dest, "init", "-q")
     dvc(dest, "config", "core.analytics", "false")
     dvc(dest, "config", "core.autostage", "true")
+    # the page template with vega inlined (scripts/plots_page.py), as .dvc/config names it here
+    shutil.copy2(ROOT / ".dvc" / "plots.html", dest / ".dvc" / "plots.html")
+    dvc(dest, "config", "plots.html_template", "plots.html")
     params = read_params(dest)
     tiny = dict(TINY)
     for key, value in TINY_OPTIONAL.items():

@@ -198,7 +198,7 @@ def test_repro_runs_the_acts_track(pipeline_run):
 def test_acts_param_reruns_only_the_acts_track(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
     proc = dvc(project, "exp", "run", "-S", "acts.sae.target_l0=3.0")  # topk: k 4 -> 3
-    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params"]
+    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params", "headline"]
     assert json.loads((project / "metrics/acts_sae.json").read_text())["l0_val"] == 3.0
 
 

@@ -130,16 +130,20 @@ def test_metrics_diff_after_lambda_change(pipeline_run, tmp_path):
     new_lambda = before["sae"]["lambda"] * 4
     set_params(project, {"sae.lambda": new_lambda})
     dvc(project, "repro")
-    proc = dvc(project, "metrics", "diff", "--json")
+    # eval.json is a plain output (only metrics/headline.json is under `metrics:`): named with --targets
+    proc = dvc(project, "metrics", "diff", "--targets", "metrics/eval.json", "--json")
     diff = json.loads(proc.stdout)["metrics/eval.json"]
     assert diff["sae.lambda"]["old"] == pytest.approx(before["sae"]["lambda"])
     assert diff["sae.lambda"]["new"] == pytest.approx(new_lambda)
     # a 4x sparsity coefficient changes the reconstruction (L0 may not move: theta_shift pins it)
     assert {"val.mse_norm", "test.ce_recon"} <= set(diff), sorted(diff)
-    text = dvc(project, "metrics", "diff").stdout
+    text = dvc(project, "metrics", "diff", "--targets", "metrics/eval.json").stdout
     assert "sae.lambda" in text and "val.mse_norm" in text
     commit_all(project, "lambda x4")
-    assert json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--json").stdout) == json.loads(proc.stdout)
+    assert json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--targets", "metrics/eval.json", "--json").stdout) \
+        == json.loads(proc.stdout)
+    # the default diff is the headline's: the SAE's val MSE moved with lambda
+    assert "sae.val.mse_norm" in json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--json").stdout)["metrics/headline.json"]
 
 
 def test_bad_evaluate_params_exit_2_and_write_nothing(pipeline_run, tmp_path):

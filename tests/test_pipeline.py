@@ -97,7 +97,7 @@ def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):
     proc = dvc(project, "exp", "run", "-S", "sae.lambda=0.12")
     # the reference methods (baselines) do not depend on the main SAE: only the cheap compare step
     # places the new SAE among them; check_params reruns on any params.yaml change (seconds)
-    assert ran_stages(proc) == ["check_params", "compare", "evaluate", "features", "train_sae"]
+    assert ran_stages(proc) == ["check_params", "compare", "evaluate", "features", "headline", "train_sae"]
     assert read_params(project)["sae"]["lambda"] == 0.12
     after = json.loads((project / "metrics/baselines.json").read_text())
     assert {key: v for key, v in after.items() if key != "sae_main"} == {key: v for key, v in before.items() if key != "sae_main"}
@@ -125,7 +125,8 @@ def test_report_code_change_reruns_only_compare(pipeline_run, tmp_path):
     report_py = project / "mnist_sae/baselines_report.py"
     report_py.write_text(report_py.read_text() + "\n# a wording change\n")
     proc = dvc(project, "repro")
-    assert ran_stages(proc) == ["check_params", "compare"]  # check_params depends on the library folder
+    # check_params depends on the library folder; headline on the matched-L0 rule defined there
+    assert ran_stages(proc) == ["check_params", "compare", "headline"]
 
 
 def test_bad_source_stops_prepare_with_one_line(tiny_project):
