@@ -216,8 +216,8 @@ def test_core_explained_variance_is_about_the_mean_not_zero():
     ev_about_zero = 1 - ((X_NP - x_hat_mean) ** 2).sum() / (X_NP ** 2).sum()
     assert ev_about_zero > 0.999
     assert ev == pytest.approx(0.0, abs=1e-12)
-    # the hand case: about zero it would read 0.99996; about the mean it is 1 - 4 / 10.7 = 0.626
-    assert _core()["explained_variance"] == pytest.approx(1 - 4.0 / 10.7)
+    # the hand case: about zero it would read 0.99996; about the mean SSE 5 / SST 13.375: 0.626
+    assert _core()["explained_variance"] == pytest.approx(1 - 5.0 / 13.375)
 
 
 def test_core_sparsity_metrics_match_numpy():
