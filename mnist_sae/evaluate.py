@@ -86,11 +86,13 @@ CORE_COLUMNS = (("explained_variance", "EV", ".4f"), ("mse", "MSE", ".4g"), ("co
 
 def core_table(by_row: dict, label: str = "split", tablefmt: str = "github") -> str:
     """SAEBench core metrics (metrics.core_metrics), one row per entry of by_row {label: core dict};
-    a key the dict lacks (no head, no codes) or an undefined number shows as n/a."""
+    a key some dicts lack (no head, no codes) or an undefined number shows as n/a, a key all of
+    them lack is left out (the head-free subset has no CE / KL score columns)."""
     def cell(v, spec):
         return "n/a" if v is None or v != v else format(v, spec)
-    rows = [[name] + [cell(core.get(key), spec) for key, _, spec in CORE_COLUMNS] for name, core in by_row.items()]
-    return tabulate(rows, [label] + [h for _, h, _ in CORE_COLUMNS], tablefmt=tablefmt, disable_numparse=True)
+    cols = [c for c in CORE_COLUMNS if any(c[0] in core for core in by_row.values())]
+    rows = [[name] + [cell(core.get(key), spec) for key, _, spec in cols] for name, core in by_row.items()]
+    return tabulate(rows, [label] + [h for _, h, _ in cols], tablefmt=tablefmt, disable_numparse=True)
 
 
 CORE_NOTE = ("EV = 1 - SSE/SST about the split's per-dimension mean; cosine and L2 ratio averaged over rows; rel. "
