@@ -4,8 +4,8 @@
 
 Writes METRICS_JSON (headline: reconstruction and SAEBench core metrics per split and layer,
 spliced fidelity and CE / KL scores per layer for the transformer, probe accuracy codes vs raw per
-layer), REPORT_MD (the same with per-class
-precision / recall / F1 and the most-used latents) and PLOTS_DIR/{usage.png, per_layer.csv}.
+layer), REPORT_MD (the same with per-class precision / recall / F1 and the most-used latents) and
+PLOTS_DIR/{usage.png, per_layer.csv}.
 """
 
 import argparse
