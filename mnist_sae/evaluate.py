@@ -1,5 +1,6 @@
 """Evaluate a trained SAE at its site: reconstruct each split, score it with metrics.fidelity, and
-lay the numbers out as the original write-up's two tables (BEST_RESULTS.md, README).
+lay the numbers out as the original write-up's two tables (BEST_RESULTS.md, README) plus SAEBench's
+core metrics (`core_table`, also used by the ACTS.md and TRUTH.md reports).
 
 The SAE sees z = (y - mu) / sigma (train mean and std per dimension) when the site is normalized,
 else z = y; its reconstruction goes back to the FFN's units as y_hat = z_hat * sigma + mu, and the
@@ -27,7 +28,8 @@ def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels
                    chunk: int = 4096) -> tuple[dict, dict]:
     """(metrics, arrays) of one split.
 
-    metrics: metrics.fidelity's flat dict (ablation = mean_D, the train mean of y).
+    metrics: metrics.fidelity's flat dict (ablation = mean_D, the train mean of y) with its "core"
+             dict (metrics.core_metrics in y space, zero ablation).
     arrays:  mse_N (per-example normalized MSE), l0_N (active latents per example),
              pred_orig_N, pred_recon_N (the FFN's class from y and from y_hat), all on CPU.
     """
