@@ -1,9 +1,11 @@
 """Evaluation of an SAE on an activation cache, with no classifier head needed.
 
 Per split: metrics.reconstruction (MSE, normalized MSE, explained variance, cosine, L2 ratio,
-relative reconstruction bias, L0, dead and dense fractions), overall and per layer when the cache
-has a layer column. With the transformer: spliced fidelity (mnist_sae.vit.spliced_logits), the
-SAE's reconstruction fed back at each layer at every token. Probes: logistic regression on SAE
+relative reconstruction bias, L0, dead and dense fractions) and metrics.core_metrics (SAEBench's
+core set, under "core"), overall and per layer when the cache has a layer column. With the
+transformer: spliced fidelity (mnist_sae.vit.spliced_logits), the SAE's reconstruction fed back at
+each layer at every token, and the test split's per-layer core metrics gain the CE / KL scores
+against zero ablation of the residual at that layer. Probes: logistic regression on SAE
 codes vs raw activations, per layer, same rows and budget, with per-class precision / recall / F1.
 Feature usage: each latent's firings by layer, by token and by label on the test split.
 """
@@ -17,6 +19,7 @@ from mnist_sae import metrics
 from mnist_sae.acts import Cache
 from mnist_sae.baselines import fit_probe
 from mnist_sae.collect import to_y, to_z
+from mnist_sae.evaluate import CORE_NOTE, core_table
 from mnist_sae.sae import SAE, reconstruct
 
 
@@ -36,6 +39,12 @@ class SplitRecon:
         keep_N = torch.as_tensor(keep_N) if not isinstance(keep_N, slice) else keep_N
         return metrics.reconstruction(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.z_ND[keep_N],
                                       self.z_hat_ND[keep_N], self.a_NF[keep_N], centre_D, dense_threshold)
+
+    def core(self, keep_N: np.ndarray | None = None, **head) -> dict:
+        """metrics.core_metrics of the kept rows in the source's units; `head` = the labels and
+        clean / spliced / zero-ablated logits of core_metrics (spliced_head), or nothing."""
+        keep_N = slice(None) if keep_N is None else torch.as_tensor(keep_N)
+        return metrics.core_metrics(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.a_NF[keep_N], **head)
 
 
 def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
@@ -60,12 +69,14 @@ def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO:
 
 
 def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, y_E: torch.Tensor,
-                  train: SplitRecon, cache: Cache, layers: list[int]) -> dict[str, dict]:
-    """{layer: splice_summary} for images x_EI: the SAE's reconstruction spliced in after each
-    layer at every token, and the mean ablation (the train rows' mean per token at that layer)."""
+                  train: SplitRecon, cache: Cache, layers: list[int]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({layer: splice_summary}, {layer: spliced_head}) for images x_EI: the SAE's reconstruction
+    spliced in after each layer at every token, the mean ablation (the train rows' mean per token
+    at that layer) and the zero ablation (the residual after that layer set to 0, SAEBench's).
+    spliced_head holds core_metrics' keyword arguments: labels_E, logits_{clean,sae,zero}_EO."""
     from mnist_sae.vit import spliced_logits
 
-    out = {}
+    out, heads = {}, {}
     for l in layers:
         at_l = cache.meta["layer"][train.rows_N] == l
         tok_N = torch.from_numpy(cache.meta["token"][train.rows_N][at_l])
@@ -73,8 +84,11 @@ def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_
         mean_SD = torch.stack([x_l_ND[tok_N == t].mean(0) for t in range(model.cfg.n_tokens)])
         clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
         _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_SD.expand_as(r_BSD))
+        _, zero_NO = spliced_logits(model, x_EI, l, torch.zeros_like)
         out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
-    return out
+        heads[str(l)] = {"labels_E": y_E, "logits_clean_EO": clean_NO, "logits_sae_EO": spliced_NO,
+                         "logits_zero_EO": zero_NO}
+    return out, heads
 
 
 def probe_rows(cache: Cache, split: str, layer: int | None, token: int | None) -> np.ndarray:
@@ -174,6 +188,14 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
                          f"{r['l0']:.2f} | {r['dead_fraction']:.3f} | {r['dense_fraction']:.3f} |")
     lines += ["", "Explained variance is 1 - SSE/SST about the split's mean (SAEBench); dead: never fires on the "
               "whole split; dense: fires on more than the dense threshold of its rows.", ""]
+    core_rows = {f"{split} / {layer}": r["core"] for split, m in out["splits"].items()
+                 for layer, r in [("all", m)] + sorted(m.get("per_layer", {}).items()) if "core" in r}
+    if core_rows:
+        lines += ["## Core metrics (SAEBench)", "", core_table(core_rows, "split / layer"), "",
+                  "In the source's units; rel. bias uncentred (SAEBench's; the table above centres it on the train "
+                  "mean). " + CORE_NOTE + (" CE / KL scores: test examples, the residual after that layer replaced "
+                                            "by the SAE's reconstruction (sae) or by zeros (zero) at every token."
+                                            if out.get("spliced") else " No head: no CE / KL scores."), ""]
     if out.get("spliced"):
         lines += ["## Spliced fidelity (test examples)", "",
                   "The SAE's reconstruction replaces the residual after that layer at every token; the rest of the "

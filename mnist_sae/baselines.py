@@ -115,7 +115,9 @@ def probe_logits(probe, feats_NF: np.ndarray, n_classes: int = 10) -> torch.Tens
 
 def finite_or_none(v):
     """JSON has no NaN: an undefined number (CE recovered when the ablation costs nothing, the
-    purity of a dictionary with no live atom) becomes null."""
+    purity of a dictionary with no live atom) becomes null, inside nested dicts too ("core")."""
+    if isinstance(v, dict):
+        return {key: finite_or_none(x) for key, x in v.items()}
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return v
@@ -151,7 +153,7 @@ def score(method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: b
     its distributions ("cos": pairwise decoder cosines, "mag": non-zero |activations|).
 
     reconstruct_fn(z_ND) -> (z_hat_ND, a_NF). The row holds metrics.fidelity on the eval split (y
-    space, mean ablation = train mean of y), the dead fraction on train (DESIGN), label purity of
+    space, mean ablation = train mean of y; its "core" dict: metrics.core_metrics), the dead fraction on train (DESIGN), label purity of
     the top_n and of top_n uniformly sampled activating examples averaged over live atoms (signed
     codes count as two atoms, `nonnegative_atoms`), non-zero activation quantiles, decoder
     cosines with the Welch bound, the relative reconstruction bias gamma (centred on the train

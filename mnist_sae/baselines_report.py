@@ -15,7 +15,15 @@ TABLE_COLUMNS = (  # (row key, header, format)
     ("acc_recon", "acc", ".4f"), ("ce_recon", "CE", ".4f"), ("ce_recovered", "CE rec", ".3f"),
     ("dead_fraction_train", "dead", ".2f"), ("purity_top", "purity top", ".3f"),
     ("purity_sampled", "purity sampled", ".3f"), ("probe_acc", "probe acc", ".4f"),
+    ("core.ce_loss_score", "CE score", ".3f"), ("core.kl_div_score", "KL score", ".3f"),
 )
+
+
+def _get(row: dict, key: str):
+    """row[key], or row["core"][name] for key "core.<name>" (metrics.core_metrics); None if absent."""
+    if key.startswith("core."):
+        return (row.get("core") or {}).get(key[5:])
+    return row.get(key)
 
 
 def _sorted_rows(rows: list[dict]) -> list[dict]:
@@ -40,9 +48,9 @@ def _fmt(v, spec):
 
 def _fmt_ci(row: dict, key: str, spec: str) -> str:
     """row[key], and "+- half-width" of its 95% interval over seeds when the row has one."""
-    text = _fmt(row.get(key), spec)
-    hw = row.get(f"{key}_ci95")
-    return text if hw is None or row.get(key) is None else f"{text} +- {format(hw, spec)}"
+    value, hw = _get(row, key), _get(row, f"{key}_ci95")
+    text = _fmt(value, spec)
+    return text if hw is None or value is None else f"{text} +- {format(hw, spec)}"
 
 
 def _table(rows: list[dict]) -> str:
@@ -169,6 +177,9 @@ def markdown_report(res: Results, header: dict, notes: list[str]) -> str:
     out += _headline(rows)
     if res.probe_raw_acc is not None:
         out += [f"Probe on the raw site activations: accuracy {res.probe_raw_acc:.4f}.", ""]
+    out += ["CE rec is against mean ablation (the train mean); CE score and KL score are SAEBench's core scores "
+            "against zero ablation (metrics.core_metrics; every core metric per method is in baselines.json under "
+            "\"core\").", ""]
     for k in ks:
         at_k = [r for r in rows if r["k"] == k and r["method"] != "sae_main"]
         out += [f"## k = {k}", "", _table(at_k), ""] + _reading(at_k, res.probe_raw_acc) + [""]

@@ -27,16 +27,10 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
 
 
 def seed_summary(per_seed: list[dict]) -> dict:
-    """{key: mean, key_ci95: half-width, ...} for every numeric key of the per-seed dicts, plus
-    "per_seed": the dicts themselves. Half-widths are omitted with a single seed."""
-    out = {}
-    for key in per_seed[0]:
-        vals = [row[key] for row in per_seed]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            mean, hw = t_interval(vals)
-            out[key] = mean
-            if hw is not None:
-                out[f"{key}_ci95"] = hw
+    """aggregate_rows over the seeds' dicts (means, key_ci95 half-widths, nested dicts alike),
+    plus "per_seed": the dicts themselves."""
+    out = aggregate_rows(per_seed)
+    del out["seeds"]
     out["per_seed"] = per_seed
     return out
 
@@ -55,6 +49,10 @@ def aggregate_rows(rows: list[dict]) -> dict:
     out = {}
     for key, first in rows[0].items():
         vals = [r.get(key) for r in rows]
+        if isinstance(first, dict) and all(isinstance(v, dict) for v in vals):  # nested (e.g. "core"): the same rule inside
+            out[key] = aggregate_rows(vals)
+            del out[key]["seeds"]
+            continue
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
         if not numeric or all(v == first for v in vals):
             out[key] = first

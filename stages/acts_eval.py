@@ -2,9 +2,10 @@
 
     python -m stages.acts_eval PREP_DIR MODEL_PT CACHE_DIR SAE_PT METRICS_JSON REPORT_MD PLOTS_DIR
 
-Writes METRICS_JSON (headline: reconstruction per split and layer, spliced fidelity per layer for
-the transformer, probe accuracy codes vs raw per layer), REPORT_MD (the same with per-class
-precision / recall / F1 and the most-used latents) and PLOTS_DIR/{usage.png, per_layer.csv}.
+Writes METRICS_JSON (headline: reconstruction and SAEBench core metrics per split and layer,
+spliced fidelity and CE / KL scores per layer for the transformer, probe accuracy codes vs raw per
+layer), REPORT_MD (the same with per-class precision / recall / F1 and the most-used latents) and
+PLOTS_DIR/{usage.png, per_layer.csv}.
 """
 
 import argparse
@@ -37,9 +38,10 @@ def main():
     recon = {s: ae.SplitRecon(cache, s, sae, mean_D, std_D) for s in SPLITS}
     splits = {}
     for s, r in recon.items():
-        splits[s] = r.metrics(mean_D, e.dense_threshold)
-        splits[s]["per_layer"] = {str(l): r.metrics(mean_D, e.dense_threshold, cache.meta["layer"][r.rows_N] == l)
-                                  for l in layers}
+        splits[s] = r.metrics(mean_D, e.dense_threshold) | {"core": r.core()}
+        at = {str(l): cache.meta["layer"][r.rows_N] == l for l in layers}
+        splits[s]["per_layer"] = {l: r.metrics(mean_D, e.dense_threshold, keep) | {"core": r.core(keep)}
+                                  for l, keep in at.items()}
 
     spliced = {}
     if cache.info["kind"] == "transformer":
@@ -48,7 +50,10 @@ def main():
         x_NI, y_N = load_prepared(args.prep_dir, "test")
         index_E = np.load(f"{args.cache_dir}/example_index.npy")[ex_E]
         x_EI, y_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(y_N[index_E])
-        spliced = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, recon["train"], cache, layers)
+        spliced, heads = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, recon["train"], cache, layers)
+        test = recon["test"]
+        for l, head in heads.items():  # the test rows at layer l are the tokens of exactly these examples
+            splits["test"]["per_layer"][l]["core"] = test.core(cache.meta["layer"][test.rows_N] == int(l), **head)
 
     probes, n_probe = {}, 0
     if cache.labels_R is not None:

@@ -189,10 +189,22 @@ def test_repro_runs_the_acts_track(pipeline_run):
         m = out["splits"][split]
         assert {"mse", "mse_norm", "explained_variance", "cosine_similarity", "l2_ratio", "relative_reconstruction_bias",
                 "l0", "dead_fraction", "dense_fraction"} <= set(m) and set(m["per_layer"]) == {"0", "1"}
+        # SAEBench core metrics: head-free per split; per layer, and with CE / KL scores on test
+        assert m["core"]["explained_variance"] == m["explained_variance"] and m["core"]["l0"] == m["l0"]
+        assert "ce_loss_score" not in m["core"]
+        for layer, r in m["per_layer"].items():
+            assert r["core"]["alive_fraction"] == pytest.approx(1 - r["dead_fraction"])
+            assert ("kl_div_score" in r["core"]) == (split == "test"), (split, layer)
+    for layer, s in out["spliced"].items():
+        core = out["splits"]["test"]["per_layer"][layer]["core"]
+        assert core["ce_loss_without_sae"] == s["ce_clean"] and core["ce_loss_with_sae"] == s["ce_spliced"]
+        assert core["kl_div_with_sae"] == s["kl"] and core["kl_div_with_ablation"] > 0 and core["kl_div_score"] <= 1
     assert set(out["probes"]["1"]) == {"codes", "raw"}
     model = json.loads((pipeline_run / "metrics/acts_model.json").read_text())
     assert model["trained"] and 0 <= model["test_acc"] <= 1
-    assert (pipeline_run / "metrics/ACTS.md").read_text().startswith("# Activation cache SAE: transformer")
+    md = (pipeline_run / "metrics/ACTS.md").read_text()
+    assert md.startswith("# Activation cache SAE: transformer") and "## Core metrics (SAEBench)" in md
+    assert "| KL score " in md and "| test / 1 " in md
 
 
 def test_acts_param_reruns_only_the_acts_track(pipeline_run, tmp_path):
@@ -225,6 +237,7 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     out = json.loads((project / "metrics/acts.json").read_text())
     assert out["cache"] == {"kind": "npy", "d": 12, "n_rows": 120, "split_rows": out["cache"]["split_rows"]}
     assert out["spliced"] == {} and set(out["probes"]) == {"0", "1"}
+    assert "kl_div_score" not in out["splits"]["test"]["per_layer"]["0"]["core"]  # no head: the head-free subset
 
     bad = x_RD.astype(np.float32)
     bad[5, 2] = np.nan

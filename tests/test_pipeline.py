@@ -50,10 +50,16 @@ def test_repro_writes_truth_metrics(pipeline_run):
         cell = cells["k2"]
         assert {"mcc", "mmcs", "f1", "recovered", "uniqueness", "l0"} <= set(cell)
         assert 0 <= cell["mcc"]["mean"] <= 1 and len(cell["mcc"]["values"]) == 2
+        # SAEBench core metrics, head-free (no model reads planted activations): no CE / KL scores
+        core = cell["core"]
+        assert {"explained_variance", "mse", "cosine_similarity", "l1", "alive_fraction", "freq_over_1_percent"} <= set(core)
+        assert "ce_loss_score" not in core and "kl_div_score" not in core
+        assert core["l0"]["values"] == cell["l0"]["values"] and len(core["mse"]["values"]) == 2
     head = out["headline"]
     assert head["best_sae"]["method"].startswith("sae_") and head["best_baseline"]["method"] in ("pca", "kmeans", "random")
     assert head["margin"] == pytest.approx(head["best_sae"]["mcc"] - head["best_baseline"]["mcc"])
-    assert (pipeline_run / "metrics/TRUTH.md").read_text().startswith("# Planted ground truth")
+    md = (pipeline_run / "metrics/TRUTH.md").read_text()
+    assert md.startswith("# Planted ground truth") and "Core metrics at L0 = 2" in md
     assert (pipeline_run / "plots/truth/frontier_sae_topk.csv").read_text().splitlines()[0] == "l0,mcc,f1,mcc_std,k"
 
 
