@@ -30,6 +30,8 @@ class TrainSettings:
     dead_steps: int = 1000  # topk: a latent that has not fired for this many steps is dead (AuxK)
     lr_decay: float = 0.0  # share of the run's last steps over which the learning rate decays linearly to 0
     log_every: int = 100  # steps between on_step calls
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019), both fused
+    weight_decay: float = 0.0  # adamw only
 
 
 @dataclass
@@ -45,22 +47,30 @@ def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
 
 def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSettings,
               generator: torch.Generator, *, mean_D: torch.Tensor | None = None,
-              std_D: torch.Tensor | None = None, on_step=None) -> TrainHistory:
+              std_D: torch.Tensor | None = None, on_step=None, batch_source=None) -> TrainHistory:
     """Train the G models of `sae` in place, model g with sparsity coefficient sparsity_coef_G[g].
 
-    Minimises sum_G sae_loss(...)["total"] with Adam (fused) over minibatches of a fresh seeded
-    permutation each epoch (the last partial batch is dropped). b_dec starts at the mean of z.
+    Minimises sum_G sae_loss(...)["total"] with fused Adam (or AdamW: settings.optimizer) over
+    minibatches of a fresh seeded permutation each epoch (the last partial batch is dropped).
+    b_dec starts at the mean of z.
     The learning rate decays linearly to 0 over the last `lr_decay` share of the steps (Anthropic,
     "Circuits Updates - April 2024": the last 20%): at batch 8 Adam's steps are noisy, and
     annealing them settles the dictionary (TopK on MNIST logits, seed 2: test accuracy drop
     0.82 -> 0.59 pp).
     `on_step(step, terms)` gets, every settings.log_every steps, the mean of each loss term over
     the window as a CPU tensor [G].
+    `batch_source` (rows too many to hold; z_ND is then None): an object with `n_rows`, `mean_D`
+    (the mean of its z rows, for b_dec) and `gather(idx_B) -> z_BD` on the device, e.g.
+    mnist_sae.acts_fit.CacheBatches reading a memmap; the batches are the same permutation's.
     """
     G, cfg = sae.n_models, sae.cfg
-    _check_z(z_ND, cfg.d_in, "train_sae")
     device = sae.W_dec_GFD.device
-    z_ND = z_ND.to(device, torch.float32)
+    if batch_source is None:
+        _check_z(z_ND, cfg.d_in, "train_sae")
+        z_ND = z_ND.to(device, torch.float32)
+        n, z_mean_D, gather = z_ND.shape[0], z_ND.mean(0), z_ND.__getitem__
+    else:
+        n, z_mean_D, gather = batch_source.n_rows, batch_source.mean_D.to(device), batch_source.gather
     coef_G = torch.as_tensor(sparsity_coef_G, dtype=torch.float32, device=device).reshape(-1)
     if coef_G.shape != (G,):
         raise ValueError(f"train_sae: {G} models need {G} sparsity coefficients, got {coef_G.numel()}")
@@ -69,9 +79,15 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             raise ValueError("train_sae: kl_coef > 0 needs mean_D and std_D (to map z back to logits)")
         mean_D, std_D = mean_D.to(device), std_D.to(device)
     with torch.no_grad():
-        sae.b_dec_GD.copy_(z_ND.mean(0).expand(G, -1))
-    opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
-    n, bs = z_ND.shape[0], settings.batch_size
+        sae.b_dec_GD.copy_(z_mean_D.expand(G, -1))
+    if settings.optimizer == "adamw":
+        opt = torch.optim.AdamW(sae.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+    elif settings.optimizer == "adam" and settings.weight_decay == 0:
+        opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
+    else:
+        raise ValueError(f"train_sae: optimizer {settings.optimizer!r} with weight_decay {settings.weight_decay}: "
+                         "expected adam (weight_decay 0) or adamw")
+    bs = settings.batch_size
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
         raise ValueError(f"train_sae: batch_size {bs} > {n} examples")
@@ -84,7 +100,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     for _ in range(settings.epochs):
         perm_N = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
-            z_BD = z_ND[perm_N[i * bs:(i + 1) * bs]]
+            z_BD = gather(perm_N[i * bs:(i + 1) * bs])
             u_GBF = sae.pre_acts(z_BD)
             a_GBF, penalty_GB = sae.activate(u_GBF)
             z_hat_GBD = sae.decode(a_GBF)

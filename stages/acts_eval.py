@@ -4,7 +4,8 @@
 
 Writes METRICS_JSON (headline: reconstruction per split and layer, spliced fidelity per layer for
 the transformer, probe accuracy codes vs raw per layer), REPORT_MD (the same with per-class
-precision / recall / F1 and the most-used latents) and PLOTS_DIR/{usage.png, per_layer.csv}.
+precision / recall / F1 and the most-used latents) and PLOTS_DIR/{usage.png, per_layer.csv,
+usage_{layer,token,label}.csv} (the heat maps latent x value of dvc.yaml's top-level plots).
 """
 
 import argparse
@@ -20,6 +21,8 @@ from mnist_sae.vit import ViT
 from stages._acts_params import start_acts_stage
 from stages._common import ParamError, atomic_path, load_prepared, load_torch, run, save_figure, write_json, write_text
 
+USAGE_MAPS = ("layer", "token", "label")
+
 
 def main():
     parser = argparse.ArgumentParser()
@@ -29,7 +32,7 @@ def main():
     p, device = start_acts_stage(lambda p: p.eval.seed)
     e = p.eval
     cache = open_cache(args.cache_dir)
-    if e.probe_token is not None and "token" not in cache.meta:
+    if e.probe_token is not None and cache.labels_R is not None and "token" not in cache.meta:  # no labels: no probes
         raise ParamError(f"acts.eval.probe_token = {e.probe_token}: the cache has no token column; set null")
     ckpt = load_torch(args.sae_pt)
     sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), ckpt["mean_D"], ckpt["std_D"]
@@ -50,6 +53,10 @@ def main():
         x_EI, y_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(y_N[index_E])
         spliced = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, recon["train"], cache, layers)
 
+    splice = None if not spliced else (lambda sae_l, mean_l, std_l, l: ae.splice_layers(
+        model, sae_l, mean_l, std_l, x_EI, y_E, recon["train"], cache, [l])[str(l)])
+    per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, e.dense_threshold, device, splice)
+
     probes, n_probe = {}, 0
     if cache.labels_R is not None:
         n_classes = int(cache.labels_R.max()) + 1
@@ -66,6 +73,7 @@ def main():
             n_probe = len(tr)
 
     test = recon["test"]
+    truth = None if cache.truth is None else ae.truth_metrics(sae, std_D, cache.truth, test.rows_N, test.a_NF)
     columns = {k: cache.meta[k][test.rows_N] for k in ("layer", "token") if k in cache.meta}
     if cache.labels_R is not None:
         columns["label"] = cache.split_labels("test")
@@ -76,7 +84,8 @@ def main():
            "cache": {k: cache.info[k] for k in ("kind", "d", "n_rows", "split_rows")},
            "sae": {"arch": sae.cfg.arch, "n_latents": sae.cfg.n_latents, "lambda": ckpt["lambda"],
                    "lambda_source": ckpt["lambda_source"]},
-           "splits": splits, "spliced": spliced, "probes": probes, "device": device}
+           "splits": splits, "spliced": spliced, "probes": probes, "truth": truth,
+           "per_layer_saes": per_layer_saes, "device": device}
     write_text(args.report_md, ae.markdown_report(out, usage_rows))
     out["probes"] = {l: {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in by.items()} for l, by in probes.items()}
     with atomic_path(args.plots_dir) as tmp:
@@ -87,11 +96,18 @@ def main():
             for l, m in (splits["test"]["per_layer"] or {"all": splits["test"]}).items():
                 w.writerow([l, f"{m['explained_variance']:.6f}", f"{m['l0']:.4f}",
                             f"{spliced[l]['acc_drop_pp']:.4f}" if l in spliced else ""])
+        for name in USAGE_MAPS:  # heat maps latent x value for `dvc plots show` (template .dvc/plots/heatmap.json)
+            with open(tmp / f"usage_{name}.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, ["latent", name, "share", "count"], lineterminator="\n")
+                w.writeheader()
+                for row in ae.usage_shares(usage, [r["latent"] for r in usage_rows], name):
+                    w.writerow({**row, "share": f"{row['share']:.6f}"})
         save_figure(tmp / "usage.png", ae.usage_figure(usage, [r["latent"] for r in usage_rows], list(columns)))
     write_json(args.metrics_json, out)
     t = splits["test"]
     print(f"test: EV {t['explained_variance']:.4f}, L0 {t['l0']:.2f}, dead {splits['val']['dead_fraction']:.3f}; "
-          + " ".join(f"layer {l} drop {s['acc_drop_pp']:.2f} pp" for l, s in spliced.items()))
+          + " ".join(f"layer {l} drop {s['acc_drop_pp']:.2f} pp" for l, s in spliced.items())
+          + (f"MCC {truth['mcc']:.4f}, recovered {truth['recovered']:.3f}, F1 {truth['f1']:.3f}" if truth else ""))
 
 
 if __name__ == "__main__":

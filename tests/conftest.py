@@ -136,6 +136,8 @@ def make_project(dest: Path, updates: dict | None = None) -> Path:
     dvc(dest, "init", "-q")
     dvc(dest, "config", "core.analytics", "false")
     dvc(dest, "config", "core.autostage", "true")
+    if (ROOT / ".dvc" / "plots").is_dir():  # custom vega templates (dvc.yaml's top-level plots use them)
+        shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     params = read_params(dest)
     tiny = dict(TINY)
     for key, value in TINY_OPTIONAL.items():
