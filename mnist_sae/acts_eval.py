@@ -93,23 +93,35 @@ def truth_metrics(sae: SAE, std_D: torch.Tensor, true: Truth, rows_N: np.ndarray
     return {**out, "recovered_cosine": threshold, "n_features": int(true.W_true_TD.shape[0])}
 
 
-def score_layer_saes(layer_ckpts: dict, cache: Cache, dense_threshold: float, device: str = "cpu", splice=None) -> dict:
+def score_layer_saes(layer_ckpts: dict, cache: Cache, dense_threshold: float, device: str = "cpu", splice=None,
+                     keep_N: np.ndarray | None = None) -> dict:
     """{layer: {"test": SplitRecon metrics, "spliced": splice(...)}} of the per-layer SAEs of
-    acts_sae ({layer: checkpoint}), each on its own layer's test rows; splice(sae, mean_D, std_D,
-    layer) -> splice_summary, or None without a head."""
+    acts_sae ({layer: checkpoint}), each on its own layer's test rows (of those keep_N keeps);
+    splice(sae, mean_D, std_D, layer) -> splice_summary, or None without a head."""
     out = {}
     for l, c in sorted(layer_ckpts.items()):
         sae = SAE.from_checkpoint(c["sae"]).eval().to(device)
-        r = SplitRecon(cache, "test", sae, c["mean_D"], c["std_D"], cache.meta["layer"][cache.splits["test"]] == int(l))
+        at_l = cache.meta["layer"][cache.splits["test"]] == int(l)
+        r = SplitRecon(cache, "test", sae, c["mean_D"], c["std_D"], at_l if keep_N is None else at_l & keep_N)
         out[l] = {"test": r.metrics(c["mean_D"], dense_threshold)}
         if splice is not None:
             out[l]["spliced"] = splice(sae, c["mean_D"], c["std_D"], int(l))
     return out
 
 
-def probe_rows(cache: Cache, split: str, layer: int | None, token: int | None) -> np.ndarray:
-    """Positions (into the split's rows) of the rows of one layer (None: all) and token (None: all)."""
-    rows_N = cache.splits[split]
+def row_subsample(n: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """A bool mask over n rows keeping a seeded uniform subsample of max_rows of them (in order),
+    or None when all n fit: what acts_eval scores of a split too large to hold."""
+    if n <= max_rows:
+        return None
+    keep_N = np.zeros(n, dtype=bool)
+    keep_N[np.random.default_rng(seed).choice(n, max_rows, replace=False)] = True
+    return keep_N
+
+
+def probe_rows(cache: Cache, rows_N: np.ndarray, layer: int | None, token: int | None) -> np.ndarray:
+    """Positions (into rows_N, rows of the cache) of the rows of one layer (None: all) and token
+    (None: all)."""
     keep_N = np.ones(len(rows_N), dtype=bool)
     if layer is not None:
         keep_N &= cache.meta["layer"][rows_N] == layer
@@ -213,7 +225,10 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
     lines = [f"# Activation cache SAE: {out['source']}", "",
              f"Cache: {out['cache']['n_rows']} rows x {out['cache']['d']} ({out['cache']['kind']}), split by example: "
              + ", ".join(f"{k} {v} rows" for k, v in out["cache"]["split_rows"].items()) + ". "
-             f"SAE: {out['sae']['arch']}, {out['sae']['n_latents']} latents, lambda {out['sae']['lambda']:.4g} "
+             + ("Scored on seeded subsamples of at most acts.eval.max_rows rows: "
+                + ", ".join(f"{k} {v}" for k, v in out["rows_scored"].items()) + ". "
+                if out["rows_scored"] != out["cache"]["split_rows"] else "")
+             + f"SAE: {out['sae']['arch']}, {out['sae']['n_latents']} latents, lambda {out['sae']['lambda']:.4g} "
              f"({out['sae']['lambda_source']}).", "",
              "## Reconstruction (no head needed)", "",
              "| split | layer | MSE | norm. MSE | expl. var. | cosine | L2 ratio | rel. bias | L0 | dead | dense |",

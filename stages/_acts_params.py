@@ -60,6 +60,7 @@ class EvalParams:
     probe_C: float = field(metadata=POSITIVE)  # inverse L2 strength of the logistic probes
     probe_max_iter: int = field(metadata=POSITIVE)  # lbfgs iterations
     top_latents: int = field(metadata=POSITIVE)  # most-used latents in the usage table and heat map
+    max_rows: int = field(metadata=POSITIVE)  # a split with more rows is scored on a seeded subsample of this many
     seed: int = field(metadata=NON_NEGATIVE)  # probe subsample and fit
 
 

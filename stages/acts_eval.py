@@ -37,7 +37,9 @@ def main():
     ckpt = load_torch(args.sae_pt)
     sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), ckpt["mean_D"], ckpt["std_D"]
     layers = [int(v) for v in np.unique(cache.meta["layer"])] if "layer" in cache.meta else []
-    recon = {s: ae.SplitRecon(cache, s, sae, mean_D, std_D) for s in SPLITS}
+    # a split larger than acts.eval.max_rows is scored on a seeded subsample of its rows
+    keep = {s: ae.row_subsample(len(cache.splits[s]), e.max_rows, e.seed + 1 + i) for i, s in enumerate(SPLITS)}
+    recon = {s: ae.SplitRecon(cache, s, sae, mean_D, std_D, keep[s]) for s in SPLITS}
     splits = {}
     for s, r in recon.items():
         splits[s] = r.metrics(mean_D, e.dense_threshold)
@@ -55,19 +57,20 @@ def main():
 
     splice = None if not spliced else (lambda sae_l, mean_l, std_l, l: ae.splice_layers(
         model, sae_l, mean_l, std_l, x_EI, y_E, recon["train"], cache, [l])[str(l)])
-    per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, e.dense_threshold, device, splice)
+    per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, e.dense_threshold, device, splice,
+                                         keep["test"])
 
     probes, n_probe = {}, 0
     if cache.labels_R is not None:
         n_classes = int(cache.labels_R.max()) + 1
         rng = np.random.default_rng(e.seed)
         for l in layers or [None]:
-            tr = ae.probe_rows(cache, "train", l, e.probe_token)
+            tr = ae.probe_rows(cache, recon["train"].rows_N, l, e.probe_token)
             tr = np.sort(rng.permutation(tr)[:e.probe_n_train])
-            te = ae.probe_rows(cache, "test", l, e.probe_token)
+            te = ae.probe_rows(cache, recon["test"].rows_N, l, e.probe_token)
             feats = [{"codes": recon[s].a_NF[i].numpy(), "raw": recon[s].x_ND[i].numpy()}
                      for s, i in (("train", tr), ("test", te))]
-            labels = [cache.split_labels(s)[i] for s, i in (("train", tr), ("test", te))]
+            labels = [cache.labels_R[recon[s].rows_N[i]] for s, i in (("train", tr), ("test", te))]
             probes["all" if l is None else str(l)] = ae.compare_probes(feats[0], labels[0], feats[1], labels[1], n_classes,
                                                                        C=e.probe_C, max_iter=e.probe_max_iter, seed=e.seed)
             n_probe = len(tr)
@@ -76,11 +79,12 @@ def main():
     truth = None if cache.truth is None else ae.truth_metrics(sae, std_D, cache.truth, test.rows_N, test.a_NF)
     columns = {k: cache.meta[k][test.rows_N] for k in ("layer", "token") if k in cache.meta}
     if cache.labels_R is not None:
-        columns["label"] = cache.split_labels("test")
+        columns["label"] = cache.labels_R[test.rows_N]
     usage = ae.feature_usage(test.a_NF, columns)
     usage_rows = ae.usage_table(usage, len(test.rows_N), e.top_latents)
 
     out = {"source": p.source, "probe_token": e.probe_token, "probe_rows": n_probe,
+           "rows_scored": {s: int(len(r.rows_N)) for s, r in recon.items()},
            "cache": {k: cache.info[k] for k in ("kind", "d", "n_rows", "split_rows")},
            "sae": {"arch": sae.cfg.arch, "n_latents": sae.cfg.n_latents, "lambda": ckpt["lambda"],
                    "lambda_source": ckpt["lambda_source"]},

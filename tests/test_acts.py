@@ -162,6 +162,14 @@ def test_stream_batches_draw_from_the_given_rows_only():
     assert set((np.concatenate(batches)[:, 0] // 2).astype(int)) <= set(rows.tolist())
 
 
+def test_row_subsample_is_seeded_and_exact():
+    from mnist_sae.acts_eval import row_subsample
+
+    assert row_subsample(50, 50, seed=0) is None
+    keep = row_subsample(1000, 37, seed=2)
+    assert keep.dtype == bool and keep.sum() == 37 and np.array_equal(keep, row_subsample(1000, 37, seed=2))
+
+
 def test_row_stats_match_the_in_memory_statistics():
     from mnist_sae.acts import row_stats
     from mnist_sae.collect import normalization_stats
@@ -279,11 +287,15 @@ def test_seed_recipe_preset_through_dvc(pipeline_run, tmp_path):
     """The README's preset (ReLU + L1 at a given lambda, AdamW) reruns acts_sae and acts_eval only."""
     project = clone_run(pipeline_run, tmp_path / "p")
     proc = dvc(project, "exp", "run", "-S", "acts.sae.arch=relu", "-S", "acts.sae.lambda=1.0e-2",
-               "-S", "acts.sae.optimizer=adamw", "-S", "acts.sae.weight_decay=1.0e-2")
+               "-S", "acts.sae.optimizer=adamw", "-S", "acts.sae.weight_decay=1.0e-2", "-S", "acts.eval.max_rows=100")
     assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params"]
     out = json.loads((project / "metrics/acts_sae.json").read_text())
     assert (out["lambda"], out["lambda_source"], out["optimizer"], out["weight_decay"]) == (1.0e-2, "params", "adamw", 1.0e-2)
-    assert json.loads((project / "metrics/acts.json").read_text())["sae"]["arch"] == "relu"
+    ev = json.loads((project / "metrics/acts.json").read_text())
+    assert ev["sae"]["arch"] == "relu"
+    # acts.eval.max_rows: every split larger than 100 rows is scored on 100 of them
+    assert ev["rows_scored"] == {k: min(100, v) for k, v in ev["cache"]["split_rows"].items()}
+    assert "Scored on seeded subsamples" in (project / "metrics/ACTS.md").read_text()
 
 
 # --- the stages through dvc ---------------------------------------------------------------------------
