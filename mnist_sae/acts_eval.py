@@ -183,6 +183,30 @@ def usage_shares(usage: dict[str, np.ndarray], latents: list[int], name: str) ->
             for i, f in enumerate(latents) for j, v in enumerate(values)]
 
 
+USAGE_MAPS = ("layer", "token", "label")  # the heat maps of dvc.yaml's top-level plots acts_usage_by_*
+
+
+def write_plot_csvs(folder, test: dict, spliced: dict, usage: dict[str, np.ndarray], latents: list[int]) -> None:
+    """folder/per_layer.csv (test EV, L0 and spliced drop per layer) and usage_<column>.csv for
+    each of USAGE_MAPS (usage_shares rows, drawn by the vega template .dvc/plots/heatmap.json)."""
+    import csv
+    from pathlib import Path
+
+    folder = Path(folder)
+    with open(folder / "per_layer.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["layer", "explained_variance", "l0", "acc_drop_pp"])
+        for l, m in (test["per_layer"] or {"all": test}).items():
+            w.writerow([l, f"{m['explained_variance']:.6f}", f"{m['l0']:.4f}",
+                        f"{spliced[l]['acc_drop_pp']:.4f}" if l in spliced else ""])
+    for name in USAGE_MAPS:
+        with open(folder / f"usage_{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["latent", name, "share", "count"], lineterminator="\n")
+            w.writeheader()
+            for row in usage_shares(usage, latents, name):
+                w.writerow({**row, "share": f"{row['share']:.6f}"})
+
+
 def usage_figure(usage: dict[str, np.ndarray], latents: list[int], columns: list[str]):
     """Heat maps latent x value (share of the latent's firings), one panel per column."""
     import matplotlib

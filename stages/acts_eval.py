@@ -9,7 +9,6 @@ usage_{layer,token,label}.csv} (the heat maps latent x value of dvc.yaml's top-l
 """
 
 import argparse
-import csv
 
 import numpy as np
 import torch
@@ -20,8 +19,6 @@ from mnist_sae.sae import SAE
 from mnist_sae.vit import ViT
 from stages._acts_params import start_acts_stage
 from stages._common import ParamError, atomic_path, load_prepared, load_torch, run, save_figure, write_json, write_text
-
-USAGE_MAPS = ("layer", "token", "label")
 
 
 def main():
@@ -94,18 +91,7 @@ def main():
     out["probes"] = {l: {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in by.items()} for l, by in probes.items()}
     with atomic_path(args.plots_dir) as tmp:
         tmp.mkdir()
-        with open(tmp / "per_layer.csv", "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["layer", "explained_variance", "l0", "acc_drop_pp"])
-            for l, m in (splits["test"]["per_layer"] or {"all": splits["test"]}).items():
-                w.writerow([l, f"{m['explained_variance']:.6f}", f"{m['l0']:.4f}",
-                            f"{spliced[l]['acc_drop_pp']:.4f}" if l in spliced else ""])
-        for name in USAGE_MAPS:  # heat maps latent x value for `dvc plots show` (template .dvc/plots/heatmap.json)
-            with open(tmp / f"usage_{name}.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, ["latent", name, "share", "count"], lineterminator="\n")
-                w.writeheader()
-                for row in ae.usage_shares(usage, [r["latent"] for r in usage_rows], name):
-                    w.writerow({**row, "share": f"{row['share']:.6f}"})
+        ae.write_plot_csvs(tmp, splits["test"], spliced, usage, [r["latent"] for r in usage_rows])
         save_figure(tmp / "usage.png", ae.usage_figure(usage, [r["latent"] for r in usage_rows], list(columns)))
     write_json(args.metrics_json, out)
     t = splits["test"]

@@ -380,6 +380,17 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     assert out["cache"] == {"kind": "npy", "d": 12, "n_rows": 120, "split_rows": out["cache"]["split_rows"]}
     assert out["spliced"] == {} and set(out["probes"]) == {"0", "1"}
 
+    # per-layer SAEs on layers too small for the batch: one line naming the keys, nothing written
+    set_params(project, {"acts.per_layer": True})
+    before = (project / "metrics/acts_sae.json").read_text()
+    proc = subprocess.run([sys.executable, "-m", "stages.acts_sae", "data/acts/cache", "data/acts/sae.pt",
+                           "metrics/acts_sae.json", "plots/acts_sae"], cwd=project, env=env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: acts.sae.batch_size = 64 (calibration 64): layer 0 has only 42 train "
+                                                "rows; use a smaller batch or acts.per_layer: false"]
+    assert (project / "metrics/acts_sae.json").read_text() == before
+    set_params(project, {"acts.per_layer": False})
+
     bad = x_RD.astype(np.float32)
     bad[5, 2] = np.nan
     np.save(user / "bad.npy", bad)
