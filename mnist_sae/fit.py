@@ -44,12 +44,14 @@ class FitInfo:
 
 def fit_sae(cfg: SAEConfig, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, plan: FitPlan, *,
             device: str = "cpu", mean_D: torch.Tensor | None = None, std_D: torch.Tensor | None = None,
-            on_step=None) -> tuple[SAE, FitInfo]:
+            on_step=None, batch_source=None) -> tuple[SAE, FitInfo]:
     """(sae with G = len(plan.seeds) models on CPU in eval mode, FitInfo). mean_D / std_D map z
-    back to logits for the KL term (needed only when plan.train.kl_coef > 0)."""
+    back to logits for the KL term (needed only when plan.train.kl_coef > 0). With `batch_source`
+    (sae_train.train_sae's streaming rows, e.g. mnist_sae.acts_fit.CacheBatches) z_train_ND is
+    None and training batches are gathered from it; z_val_ND is always in memory."""
     if not plan.seeds:
         raise ValueError("fit_sae: plan.seeds is empty")
-    loss_kw = {"mean_D": mean_D, "std_D": std_D}
+    loss_kw = {"mean_D": mean_D, "std_D": std_D, "batch_source": batch_source}
     cal = None
     if cfg.arch == "topk":
         lam, source = 0.0, "none (topk)"

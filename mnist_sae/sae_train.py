@@ -33,6 +33,8 @@ class TrainSettings:
     decoder_init: str = "random"  # random (unit directions) | data (centred training rows, see init_from_data_)
     resample_every: int = 0  # every this many steps, latents that did not fire in them are resampled (0 = never)
     sparsity_warmup: float = 0.0  # share of the first steps over which the sparsity coefficient ramps linearly from 0
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019), both fused
+    weight_decay: float = 0.0  # adamw only
 
 
 @dataclass
@@ -48,11 +50,12 @@ def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
 
 def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSettings,
               generator: torch.Generator | list[torch.Generator], *, mean_D: torch.Tensor | None = None,
-              std_D: torch.Tensor | None = None, on_step=None) -> TrainHistory:
+              std_D: torch.Tensor | None = None, on_step=None, batch_source=None) -> TrainHistory:
     """Train the G models of `sae` in place, model g with sparsity coefficient sparsity_coef_G[g].
 
-    Minimises sum_G sae_loss(...)["total"] with Adam (fused) over minibatches of a fresh seeded
-    permutation each epoch (the last partial batch is dropped). b_dec starts at the mean of z.
+    Minimises sum_G sae_loss(...)["total"] with fused Adam (or AdamW: settings.optimizer) over
+    minibatches of a fresh seeded permutation each epoch (the last partial batch is dropped).
+    b_dec starts at the mean of z.
     One generator: every model sees the same batches (a lambda grid). A list of G generators (the
     ones the models were drawn from, see SAE): model g draws its own permutation from generator g,
     so G seeds train at once and model g sees the batches a single run with that seed would.
@@ -62,11 +65,18 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     0.82 -> 0.59 pp).
     `on_step(step, terms)` gets, every settings.log_every steps, the mean of each loss term over
     the window as a CPU tensor [G].
+    `batch_source` (rows too many to hold; z_ND is then None): an object with `n_rows`, `mean_D`
+    (the mean of its z rows, for b_dec) and `gather(idx_B) -> z_BD` on the device, e.g.
+    mnist_sae.acts_fit.CacheBatches reading a memmap; the batches are the same permutation's.
     """
     G, cfg = sae.n_models, sae.cfg
-    _check_z(z_ND, cfg.d_in, "train_sae")
     device = sae.W_dec_GFD.device
-    z_ND = z_ND.to(device, torch.float32)
+    if batch_source is None:
+        _check_z(z_ND, cfg.d_in, "train_sae")
+        z_ND = z_ND.to(device, torch.float32)
+        n, z_mean_D, gather = z_ND.shape[0], z_ND.mean(0), z_ND.__getitem__
+    else:
+        n, z_mean_D, gather = batch_source.n_rows, batch_source.mean_D.to(device), batch_source.gather
     coef_G = torch.as_tensor(sparsity_coef_G, dtype=torch.float32, device=device).reshape(-1)
     if coef_G.shape != (G,):
         raise ValueError(f"train_sae: {G} models need {G} sparsity coefficients, got {coef_G.numel()}")
@@ -76,16 +86,24 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
         mean_D, std_D = mean_D.to(device), std_D.to(device)
     if settings.decoder_init not in DECODER_INITS:
         raise ValueError(f"train_sae: decoder_init {settings.decoder_init!r}: expected one of {DECODER_INITS}")
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]  # one model: its own generator is the shared one
     per_model = isinstance(generator, (list, tuple))
     if per_model and len(generator) != G:
         raise ValueError(f"train_sae: {G} models need 1 or {G} generators, got {len(generator)}")
     gens = list(generator) if per_model else [generator]
     with torch.no_grad():
-        sae.b_dec_GD.copy_(z_ND.mean(0).expand(G, -1))
+        sae.b_dec_GD.copy_(z_mean_D.expand(G, -1))
     if settings.decoder_init == "data":
-        init_from_data_(sae, z_ND, gens)
-    opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
-    n, bs = z_ND.shape[0], settings.batch_size
+        init_from_data_(sae, gather, n, gens)
+    if settings.optimizer == "adamw":
+        opt = torch.optim.AdamW(sae.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+    elif settings.optimizer == "adam" and settings.weight_decay == 0:
+        opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
+    else:
+        raise ValueError(f"train_sae: optimizer {settings.optimizer!r} with weight_decay {settings.weight_decay}: "
+                         "expected adam (weight_decay 0) or adamw")
+    bs = settings.batch_size
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
         raise ValueError(f"train_sae: batch_size {bs} > {n} examples")
@@ -104,7 +122,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
         else:
             perm_N = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
-            z_BD = z_ND[perm_N[..., i * bs:(i + 1) * bs]]
+            z_BD = gather(perm_N[..., i * bs:(i + 1) * bs])
             u_GBF = sae.pre_acts(z_BD)
             a_GBF, penalty_GB = sae.activate(u_GBF)
             z_hat_GBD = sae.decode(a_GBF)
@@ -126,7 +144,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             if settings.resample_every:
                 fired_window_GF |= (a_GBF.detach() != 0).any(1)
                 if step % settings.resample_every == 0 and step <= decay_from:
-                    resample_dead_(sae, opt, ~fired_window_GF, z_ND, gens)
+                    resample_dead_(sae, opt, ~fired_window_GF, gather, n, gens)
                     fired_window_GF.zero_()
             if names is None:
                 names = [k for k in terms if k != "loss"]
@@ -147,25 +165,27 @@ DECODER_INITS = ("random", "data")
 
 
 @torch.no_grad()
-def init_from_data_(sae: SAE, z_ND: torch.Tensor, gens: list[torch.Generator]) -> None:
+def init_from_data_(sae: SAE, gather, n: int, gens: list[torch.Generator]) -> None:
     """Decoder rows <- (z_i - b_dec) / ||z_i - b_dec|| for F training rows i drawn without
-    replacement (model g with generator g, or one draw shared by all models); encoder = decoder
-    transpose. Every latent then starts pointing at real data, so none starts dead (a data-sampled
-    init, as k-means++ seeding or Anthropic's resampling start from real inputs)."""
+    replacement from the n rows that gather(idx) returns (model g with generator g, or one draw
+    shared by all models); encoder = decoder transpose. Every latent then starts pointing at real
+    data, so none starts dead (a data-sampled init, as k-means++ seeding or Anthropic's resampling
+    start from real inputs)."""
     G, Fl = sae.n_models, sae.cfg.n_latents
+    device = sae.W_dec_GFD.device
     shared = len(gens) != G or G == 1  # one generator: one draw, the same init for every model (a grid)
-    idx_F = torch.randperm(z_ND.shape[0], generator=gens[0])[:Fl].to(z_ND.device) if shared else None
+    idx_F = torch.randperm(n, generator=gens[0])[:Fl].to(device) if shared else None
     for g in range(G):
         if not shared:
-            idx_F = torch.randperm(z_ND.shape[0], generator=gens[g])[:Fl].to(z_ND.device)
-        W_FD = z_ND[idx_F] - sae.b_dec_GD[g]
+            idx_F = torch.randperm(n, generator=gens[g])[:Fl].to(device)
+        W_FD = gather(idx_F) - sae.b_dec_GD[g]
         W_FD = W_FD / W_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         sae.W_dec_GFD[g].copy_(W_FD)
         sae.W_enc_GDF[g].copy_(W_FD.T)
 
 
 @torch.no_grad()
-def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, z_ND: torch.Tensor,
+def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, gather, n: int,
                    gens: list[torch.Generator], n_candidates: int = 4096) -> int:
     """Resample latents that did not fire over the last window (Anthropic, "Towards
     Monosemanticity", 2023, appendix: neuron resampling): draw candidate rows, weight each by its
@@ -182,15 +202,15 @@ def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, 
         if n_dead == 0 or n_dead == dead_F.numel():
             continue
         gen = gens[g if len(gens) == G else 0]
-        idx_C = torch.randint(z_ND.shape[0], (min(n_candidates, z_ND.shape[0]),), generator=gen).to(z_ND.device)
-        z_CD = z_ND[idx_C]
+        idx_C = torch.randint(n, (min(n_candidates, n),), generator=gen).to(sae.W_dec_GFD.device)
+        z_CD = gather(idx_C)
         one = sae.select(g)
         z_hat_CD = one(z_CD)[0][0]
         resid_CD = z_CD - z_hat_CD
         err_C = resid_CD.square().sum(-1)
         if float(err_C.sum()) <= 0:
             continue
-        pick = torch.multinomial(err_C.cpu(), n_dead, replacement=n_dead > err_C.numel(), generator=gen).to(z_ND.device)
+        pick = torch.multinomial(err_C.cpu(), n_dead, replacement=n_dead > err_C.numel(), generator=gen).to(z_CD.device)
         dirs_KD = resid_CD[pick] / resid_CD[pick].norm(dim=-1, keepdim=True).clamp_min(1e-12)
         dead_idx = dead_F.nonzero().flatten()
         live_norm = sae.W_enc_GDF[g][:, ~dead_F].norm(dim=0).mean()

@@ -140,6 +140,8 @@ def make_project(dest: Path, updates: dict | None = None) -> Path:
     # the page template with vega inlined (scripts/plots_page.py), as .dvc/config names it here
     shutil.copy2(ROOT / ".dvc" / "plots.html", dest / ".dvc" / "plots.html")
     dvc(dest, "config", "plots.html_template", "plots.html")
+    if (ROOT / ".dvc" / "plots").is_dir():  # custom vega templates (dvc.yaml's top-level plots use them)
+        shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     params = read_params(dest)
     tiny = dict(TINY)
     for key, value in TINY_OPTIONAL.items():
