@@ -58,7 +58,7 @@ def main():
             splits["test"]["per_layer"][l]["core"] = test.core(cache.meta["layer"][test.rows_N] == int(l), **head)
 
     splice = None if not spliced else (lambda sae_l, mean_l, std_l, l: ae.splice_layers(
-        model, sae_l, mean_l, std_l, x_EI, y_E, recon["train"], cache, [l])[str(l)])
+        model, sae_l, mean_l, std_l, x_EI, y_E, recon["train"], cache, [l])[0][str(l)])
     per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, e.dense_threshold, device, splice,
                                          keep["test"])
 

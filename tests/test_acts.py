@@ -288,7 +288,7 @@ def test_seed_recipe_preset_through_dvc(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
     proc = dvc(project, "exp", "run", "-S", "acts.sae.arch=relu", "-S", "acts.sae.lambda=1.0e-2",
                "-S", "acts.sae.optimizer=adamw", "-S", "acts.sae.weight_decay=1.0e-2", "-S", "acts.eval.max_rows=100")
-    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params"]
+    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params", "headline"]
     out = json.loads((project / "metrics/acts_sae.json").read_text())
     assert (out["lambda"], out["lambda_source"], out["optimizer"], out["weight_decay"]) == (1.0e-2, "params", "adamw", 1.0e-2)
     ev = json.loads((project / "metrics/acts.json").read_text())
