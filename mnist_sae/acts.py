@@ -7,7 +7,9 @@ A source is named by a string (params `acts.source`):
     npy:<path>                    an (N, D) .npy of any float dtype, opened with mmap_mode="r"
     raw:<path>:<dtype>:<D>        a headerless memmap of rows of D values, dtype float16, float32
                                   or bfloat16 (read as uint16 and widened: numpy has no bfloat16)
-    planted                       reserved: the planted generator (mnist_sae.planted) as a source
+    planted                       the planted-feature generator (mnist_sae.planted, one seed): a
+                                  float32 memmap, and the truth beside it (true directions and
+                                  sparse true codes), so the evaluation can add MCC and the rest
 
 Optional labels (N,) integer .npy and meta .npz of named (N,) integer columns (e.g. example,
 layer, token). Rows are split into train / val / test by example (meta column `example` when
@@ -28,16 +30,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from mnist_sae.data import DataError
+from mnist_sae.planted import PlantedSpec, dense_codes, generate
 
 KINDS = ("transformer", "npy", "raw", "planted")
 RAW_DTYPES = ("float16", "float32", "bfloat16")
 SPLITS = ("train", "val", "test")
 CHUNK_ROWS = 65536  # rows per chunk of every pass over a memmap (bounds memory)
-ALLOWED_SOURCE = "transformer, npy:<path>, raw:<path>:<float16|float32|bfloat16>:<D> (planted: not yet)"
+ALLOWED_SOURCE = "transformer, npy:<path>, raw:<path>:<float16|float32|bfloat16>:<D>, planted"
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,25 @@ def split_by_example(example_R: np.ndarray, val_fraction: float, test_fraction: 
     return {name: np.flatnonzero(split_R == i) for i, name in enumerate(SPLITS)}
 
 
+def row_stats(acts: Activations, rows_N: np.ndarray, min_std: float = 1e-3, chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and population std of the given rows, float64 over chunks (two passes:
+    the mean, then the mean squared deviation), as float32; std < min_std becomes 1, as in
+    mnist_sae.collect.normalization_stats, which needs the rows in memory. Memory: one chunk."""
+    n = len(rows_N)
+    if n == 0:
+        raise ValueError("row_stats: no rows")
+    sum_D = np.zeros(acts.d)
+    for _, x_BD in acts.chunks(rows_N, chunk):
+        sum_D += x_BD.sum(0, dtype=np.float64)
+    mean_D = sum_D / n
+    sq_D = np.zeros(acts.d)
+    for _, x_BD in acts.chunks(rows_N, chunk):
+        sq_D += np.square(x_BD - mean_D).sum(0)
+    std_D = np.sqrt(sq_D / n)
+    std_D = np.where(std_D < min_std, 1.0, std_D)
+    return mean_D.astype(np.float32), std_D.astype(np.float32)
+
+
 def stream_batches(acts: Activations, rows_N: np.ndarray, batch_size: int, n_steps: int, rng: np.random.Generator):
     """n_steps float32 batches [B, D], each B rows drawn uniformly with replacement from rows_N
     and gathered from the memmap (sorted, so pages are read in order): memory is one batch,
@@ -220,8 +243,39 @@ def stream_batches(acts: Activations, rows_N: np.ndarray, batch_size: int, n_ste
 
 # --- the cache folder ---------------------------------------------------------------------------------
 # info.json (source, acts path, dtype, d, n_rows, fingerprint, has_labels, meta columns, ...),
-# acts.npy (transformer only; a user cache is referenced by path), labels.npy, meta.npz,
-# idx_{train,val,test}.npy. Every SAE stage reads the folder, never the source name.
+# acts.npy (transformer and planted; a user cache is referenced by path), labels.npy, meta.npz,
+# idx_{train,val,test}.npy; planted also truth_directions.npy and truth_codes_{row,col,val}.npy.
+# Every SAE stage reads the folder, never the source name.
+
+
+class Truth(NamedTuple):
+    """The planted features of a cache: unit directions and the sparse true codes (sorted by row)."""
+    W_true_TD: np.ndarray  # float32 [T, D]
+    row_M: np.ndarray  # int64 row of each non-zero code, ascending
+    col_M: np.ndarray  # int32 its feature
+    val_M: np.ndarray  # float32 its magnitude
+
+    def codes(self, rows_N: np.ndarray) -> np.ndarray:
+        """c_NT float32 true codes of the given rows (0 where a feature is off)."""
+        return dense_codes(self.row_M, self.col_M, self.val_M, rows_N, self.W_true_TD.shape[0])
+
+
+TRUTH_FILES = {"W_true_TD": "truth_directions.npy", "row_M": "truth_codes_row.npy", "col_M": "truth_codes_col.npy",
+               "val_M": "truth_codes_val.npy"}
+
+
+def write_planted_source(folder: Path, spec: PlantedSpec, n_rows: int, seed: int) -> dict:
+    """The planted source into `folder` (which must exist): n_rows rows of mnist_sae.planted.generate
+    (spec, seed) as the float32 memmap acts.npy, the truth beside it; returns the info.json fields.
+    The same spec, n_rows and seed give the bytes of the planted stage's seed<seed>/x.npy."""
+    folder = Path(folder)
+    pl = generate(spec, n_rows, seed, x_path=folder / "acts.npy")
+    truth = Truth(pl.W_true_TD, pl.row_M, pl.col_M, pl.val_M)
+    for name, file in TRUTH_FILES.items():
+        np.save(folder / file, getattr(truth, name))
+    return {"kind": "planted", "dtype": "float32", "d": spec.d, "n_rows": n_rows, "n_layers": None, "n_tokens": None,
+            "has_truth": True, "n_features": spec.n_features, "planted_seed": seed,
+            "planted_mean_l0": float(len(pl.row_M) / n_rows)}
 
 
 def write_index(folder: Path, labels_R: np.ndarray | None, meta: dict[str, np.ndarray],
@@ -247,13 +301,17 @@ class Cache:
     meta: dict[str, np.ndarray]
     splits: dict[str, np.ndarray]
     info: dict
+    truth: Truth | None = None  # planted source only
 
     def split_labels(self, split: str) -> np.ndarray | None:
         return None if self.labels_R is None else self.labels_R[self.splits[split]]
 
     def load_split(self, split: str) -> np.ndarray:
         """float32 [N, D] of one split, read in chunks (for caches small enough to hold)."""
-        rows_N = self.splits[split]
+        return self.load_rows(self.splits[split])
+
+    def load_rows(self, rows_N: np.ndarray) -> np.ndarray:
+        """float32 [N, D] of the given rows, read in chunks."""
         out_ND = np.empty((len(rows_N), self.acts.d), dtype=np.float32)
         for i, x_BD in self.acts.chunks(rows_N):
             out_ND[i:i + len(x_BD)] = x_BD
@@ -267,7 +325,7 @@ def open_cache(folder: str | os.PathLike) -> Cache:
     if not info_path.exists():
         raise DataError(f"{info_path}: not found; run `dvc repro acts_cache`")
     info = json.loads(info_path.read_text())
-    if info["kind"] == "transformer":
+    if info["kind"] in ("transformer", "planted"):
         acts = Activations(np.load(folder / "acts.npy", mmap_mode="r"), str(folder / "acts.npy"))
     else:
         spec = SourceSpec(info["kind"], info["path"], info.get("dtype"), info.get("d"))
@@ -284,4 +342,9 @@ def open_cache(folder: str | os.PathLike) -> Cache:
     with np.load(folder / "meta.npz") as z:
         meta = {k: z[k] for k in sorted(z.files)}
     splits = {k: np.load(folder / f"idx_{k}.npy") for k in SPLITS}
-    return Cache(acts, labels_R, meta, splits, info)
+    truth = None
+    if info.get("has_truth"):
+        truth = Truth(**{name: np.load(folder / file) for name, file in TRUTH_FILES.items()})
+        if truth.W_true_TD.shape != (info["n_features"], info["d"]) or not len(truth.row_M) == len(truth.col_M) == len(truth.val_M):
+            raise DataError(f"{folder}: truth arrays disagree with info.json (directions {truth.W_true_TD.shape})")
+    return Cache(acts, labels_R, meta, splits, info, truth)

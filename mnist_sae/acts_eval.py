@@ -1,11 +1,15 @@
 """Evaluation of an SAE on an activation cache, with no classifier head needed.
 
 Per split: metrics.reconstruction (MSE, normalized MSE, explained variance, cosine, L2 ratio,
-relative reconstruction bias, L0, dead and dense fractions), overall and per layer when the cache
-has a layer column. With the transformer: spliced fidelity (mnist_sae.vit.spliced_logits), the
-SAE's reconstruction fed back at each layer at every token. Probes: logistic regression on SAE
+relative reconstruction bias, L0, dead and dense fractions) and metrics.core_metrics (SAEBench's
+core set, under "core"), overall and per layer when the cache has a layer column. With the
+transformer: spliced fidelity (mnist_sae.vit.spliced_logits), the SAE's reconstruction fed back at
+each layer at every token, and the test split's per-layer core metrics gain the CE / KL scores
+against zero ablation of the residual at that layer. Probes: logistic regression on SAE
 codes vs raw activations, per layer, same rows and budget, with per-class precision / recall / F1.
-Feature usage: each latent's firings by layer, by token and by label on the test split.
+Feature usage: each latent's firings by layer, by token and by label on the test split. With a
+planted source (the cache carries the truth): the ground-truth metrics of mnist_sae.truth (MMCS,
+MCC, recovered fraction, uniqueness, mean precision / recall / F1 of firing) on the test split.
 """
 
 from __future__ import annotations
@@ -13,19 +17,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mnist_sae import metrics
-from mnist_sae.acts import Cache
+from mnist_sae import metrics, truth
+from mnist_sae.acts import Cache, Truth
 from mnist_sae.baselines import fit_probe
 from mnist_sae.collect import to_y, to_z
+from mnist_sae.evaluate import CORE_NOTE, core_table
 from mnist_sae.sae import SAE, reconstruct
 
 
 class SplitRecon:
     """x (source units), z (standardized), their reconstructions and the codes of one split."""
 
-    def __init__(self, cache: Cache, split: str, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
-        self.rows_N = cache.splits[split]
-        self.x_ND = torch.from_numpy(cache.load_split(split))
+    def __init__(self, cache: Cache, split: str, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor,
+                 keep_N: np.ndarray | None = None):
+        """keep_N (bool over the split's rows): only those rows (e.g. one layer's)."""
+        self.rows_N = cache.splits[split] if keep_N is None else cache.splits[split][keep_N]
+        self.x_ND = torch.from_numpy(cache.load_rows(self.rows_N))
         self.z_ND = to_z(self.x_ND, mean_D, std_D, True)
         self.z_hat_ND, self.a_NF = (t.cpu() for t in reconstruct(sae, self.z_ND))  # the SAE may sit on CUDA
         self.x_hat_ND = to_y(self.z_hat_ND, mean_D, std_D, True)
@@ -36,6 +43,12 @@ class SplitRecon:
         keep_N = torch.as_tensor(keep_N) if not isinstance(keep_N, slice) else keep_N
         return metrics.reconstruction(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.z_ND[keep_N],
                                       self.z_hat_ND[keep_N], self.a_NF[keep_N], centre_D, dense_threshold)
+
+    def core(self, keep_N: np.ndarray | None = None, **head) -> dict:
+        """metrics.core_metrics of the kept rows in the source's units; `head` = the labels and
+        clean / spliced / zero-ablated logits of core_metrics (spliced_head), or nothing."""
+        keep_N = slice(None) if keep_N is None else torch.as_tensor(keep_N)
+        return metrics.core_metrics(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.a_NF[keep_N], **head)
 
 
 def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
@@ -60,12 +73,14 @@ def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO:
 
 
 def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, y_E: torch.Tensor,
-                  train: SplitRecon, cache: Cache, layers: list[int]) -> dict[str, dict]:
-    """{layer: splice_summary} for images x_EI: the SAE's reconstruction spliced in after each
-    layer at every token, and the mean ablation (the train rows' mean per token at that layer)."""
+                  train: SplitRecon, cache: Cache, layers: list[int]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({layer: splice_summary}, {layer: spliced_head}) for images x_EI: the SAE's reconstruction
+    spliced in after each layer at every token, the mean ablation (the train rows' mean per token
+    at that layer) and the zero ablation (the residual after that layer set to 0, SAEBench's).
+    spliced_head holds core_metrics' keyword arguments: labels_E, logits_{clean,sae,zero}_EO."""
     from mnist_sae.vit import spliced_logits
 
-    out = {}
+    out, heads = {}, {}
     for l in layers:
         at_l = cache.meta["layer"][train.rows_N] == l
         tok_N = torch.from_numpy(cache.meta["token"][train.rows_N][at_l])
@@ -73,13 +88,54 @@ def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_
         mean_SD = torch.stack([x_l_ND[tok_N == t].mean(0) for t in range(model.cfg.n_tokens)])
         clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
         _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_SD.expand_as(r_BSD))
+        _, zero_NO = spliced_logits(model, x_EI, l, torch.zeros_like)
         out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
+        heads[str(l)] = {"labels_E": y_E, "logits_clean_EO": clean_NO, "logits_sae_EO": spliced_NO,
+                         "logits_zero_EO": zero_NO}
+    return out, heads
+
+
+def truth_metrics(sae: SAE, std_D: torch.Tensor, true: Truth, rows_N: np.ndarray, a_NF: torch.Tensor,
+                  threshold: float = truth.RECOVERED_COSINE) -> dict:
+    """mnist_sae.truth.truth_scores of the SAE's dictionary against the planted features on the
+    given rows. The SAE reads z = (x - mean) / std, so x_hat = mean + std * (b_dec + a @ W_dec):
+    latent f's atom in the cache's units is std_D * w_f (elementwise), and that is what is
+    compared with the true directions (comparing w_f itself would bend every direction by the
+    per-dimension scaling)."""
+    W_dec_FD = (sae.W_dec_GFD[0].detach().cpu() * std_D).double().numpy()
+    out = truth.truth_scores(W_dec_FD, true.W_true_TD, a_NF.numpy(), true.codes(rows_N), threshold)
+    return {**out, "recovered_cosine": threshold, "n_features": int(true.W_true_TD.shape[0])}
+
+
+def score_layer_saes(layer_ckpts: dict, cache: Cache, dense_threshold: float, device: str = "cpu", splice=None,
+                     keep_N: np.ndarray | None = None) -> dict:
+    """{layer: {"test": SplitRecon metrics, "spliced": splice(...)}} of the per-layer SAEs of
+    acts_sae ({layer: checkpoint}), each on its own layer's test rows (of those keep_N keeps);
+    splice(sae, mean_D, std_D, layer) -> splice_summary, or None without a head."""
+    out = {}
+    for l, c in sorted(layer_ckpts.items()):
+        sae = SAE.from_checkpoint(c["sae"]).eval().to(device)
+        at_l = cache.meta["layer"][cache.splits["test"]] == int(l)
+        r = SplitRecon(cache, "test", sae, c["mean_D"], c["std_D"], at_l if keep_N is None else at_l & keep_N)
+        out[l] = {"test": r.metrics(c["mean_D"], dense_threshold)}
+        if splice is not None:
+            out[l]["spliced"] = splice(sae, c["mean_D"], c["std_D"], int(l))
     return out
 
 
-def probe_rows(cache: Cache, split: str, layer: int | None, token: int | None) -> np.ndarray:
-    """Positions (into the split's rows) of the rows of one layer (None: all) and token (None: all)."""
-    rows_N = cache.splits[split]
+def row_subsample(n: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """A bool mask over n rows keeping a seeded uniform subsample of max_rows of them (in order),
+    or None when all n fit: what acts_eval scores of a split too large to hold."""
+    if n <= max_rows:
+        return None
+    keep_N = np.zeros(n, dtype=bool)
+    keep_N[np.random.default_rng(seed).choice(n, max_rows, replace=False)] = True
+    return keep_N
+
+
+def probe_rows(cache: Cache, rows_N: np.ndarray, layer: int | None, token: int | None) -> np.ndarray:
+    """Positions (into rows_N, rows of the cache) of the rows of one layer (None: all) and token
+    (None: all)."""
     keep_N = np.ones(len(rows_N), dtype=bool)
     if layer is not None:
         keep_N &= cache.meta["layer"][rows_N] == layer
@@ -129,6 +185,42 @@ def usage_table(usage: dict[str, np.ndarray], n_rows: int, top: int) -> list[dic
     return rows
 
 
+def usage_shares(usage: dict[str, np.ndarray], latents: list[int], name: str) -> list[dict]:
+    """Long-form rows {latent, name, share, count} for a heat map latent x value of column `name`:
+    share = firings of latent f on rows with that value / all firings of f (0 for a latent that
+    never fires). Latents keep the given order (most used first); a column the cache lacks gives
+    one value "all" (share 1 where the latent fires)."""
+    c_FV = usage[name][latents] if name in usage else usage["count_F"][latents][:, None]
+    values = [str(v) for v in range(c_FV.shape[1])] if name in usage else ["all"]
+    share_FV = c_FV / np.maximum(c_FV.sum(1, keepdims=True), 1)
+    return [{"latent": str(f), name: v, "share": float(share_FV[i, j]), "count": int(c_FV[i, j])}
+            for i, f in enumerate(latents) for j, v in enumerate(values)]
+
+
+USAGE_MAPS = ("layer", "token", "label")  # the heat maps of dvc.yaml's top-level plots acts_usage_by_*
+
+
+def write_plot_csvs(folder, test: dict, spliced: dict, usage: dict[str, np.ndarray], latents: list[int]) -> None:
+    """folder/per_layer.csv (test EV, L0 and spliced drop per layer) and usage_<column>.csv for
+    each of USAGE_MAPS (usage_shares rows, drawn by the vega template .dvc/plots/heatmap.json)."""
+    import csv
+    from pathlib import Path
+
+    folder = Path(folder)
+    with open(folder / "per_layer.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["layer", "explained_variance", "l0", "acc_drop_pp"])
+        for l, m in (test["per_layer"] or {"all": test}).items():
+            w.writerow([l, f"{m['explained_variance']:.6f}", f"{m['l0']:.4f}",
+                        f"{spliced[l]['acc_drop_pp']:.4f}" if l in spliced else ""])
+    for name in USAGE_MAPS:
+        with open(folder / f"usage_{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["latent", name, "share", "count"], lineterminator="\n")
+            w.writeheader()
+            for row in usage_shares(usage, latents, name):
+                w.writerow({**row, "share": f"{row['share']:.6f}"})
+
+
 def usage_figure(usage: dict[str, np.ndarray], latents: list[int], columns: list[str]):
     """Heat maps latent x value (share of the latent's firings), one panel per column."""
     import matplotlib
@@ -136,7 +228,16 @@ def usage_figure(usage: dict[str, np.ndarray], latents: list[int], columns: list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 0.25 * len(latents) + 2), squeeze=False)
+    if not columns:  # no layer, token or label column (a planted cache): the firing rates alone
+        fig, ax = plt.subplots(figsize=(6, 0.25 * len(latents) + 2))
+        ax.barh(range(len(latents)), usage["count_F"][latents] / max(usage["count_F"].sum(), 1))
+        ax.set_yticks(range(len(latents)), [str(f) for f in latents], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("share of all firings")
+        ax.set_ylabel("latent (most used first)")
+        fig.tight_layout()
+        return fig
+    fig, axes = plt.subplots(1, len(columns), figsize=(min(12.0, 4.0 * len(columns)), 0.25 * len(latents) + 2), squeeze=False)
     for ax, name in zip(axes[0], columns):
         c_FV = usage[name][latents]
         share_FV = c_FV / np.maximum(c_FV.sum(1, keepdims=True), 1)
@@ -162,7 +263,10 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
     lines = [f"# Activation cache SAE: {out['source']}", "",
              f"Cache: {out['cache']['n_rows']} rows x {out['cache']['d']} ({out['cache']['kind']}), split by example: "
              + ", ".join(f"{k} {v} rows" for k, v in out["cache"]["split_rows"].items()) + ". "
-             f"SAE: {out['sae']['arch']}, {out['sae']['n_latents']} latents, lambda {out['sae']['lambda']:.4g} "
+             + ("Scored on seeded subsamples of at most acts.eval.max_rows rows: "
+                + ", ".join(f"{k} {v}" for k, v in out["rows_scored"].items()) + ". "
+                if out["rows_scored"] != out["cache"]["split_rows"] else "")
+             + f"SAE: {out['sae']['arch']}, {out['sae']['n_latents']} latents, lambda {out['sae']['lambda']:.4g} "
              f"({out['sae']['lambda_source']}).", "",
              "## Reconstruction (no head needed)", "",
              "| split | layer | MSE | norm. MSE | expl. var. | cosine | L2 ratio | rel. bias | L0 | dead | dense |",
@@ -174,6 +278,14 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
                          f"{r['l0']:.2f} | {r['dead_fraction']:.3f} | {r['dense_fraction']:.3f} |")
     lines += ["", "Explained variance is 1 - SSE/SST about the split's mean (SAEBench); dead: never fires on the "
               "whole split; dense: fires on more than the dense threshold of its rows.", ""]
+    core_rows = {f"{split} / {layer}": r["core"] for split, m in out["splits"].items()
+                 for layer, r in [("all", m)] + sorted(m.get("per_layer", {}).items()) if "core" in r}
+    if core_rows:
+        lines += ["## Core metrics (SAEBench)", "", core_table(core_rows, "split / layer"), "",
+                  "In the source's units; rel. bias uncentred (SAEBench's; the table above centres it on the train "
+                  "mean). " + CORE_NOTE + (" CE / KL scores: test examples, the residual after that layer replaced "
+                                            "by the SAE's reconstruction (sae) or by zeros (zero) at every token."
+                                            if out.get("spliced") else " No head: no CE / KL scores."), ""]
     if out.get("spliced"):
         lines += ["## Spliced fidelity (test examples)", "",
                   "The SAE's reconstruction replaces the residual after that layer at every token; the rest of the "
@@ -184,6 +296,30 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
             lines.append(f"| {layer} | {s['acc_clean']:.4f} | {s['acc_spliced']:.4f} | {s['acc_drop_pp']:.2f} | "
                          f"{s['ce_clean']:.4f} | {s['ce_spliced']:.4f} | {s['kl']:.4f} | {_f(s['ce_recovered'])} |")
         lines.append("")
+    if out.get("truth"):
+        t = out["truth"]
+        lines += ["## Ground truth (planted source, test split)", "",
+                  f"The SAE's {out['sae']['n_latents']} atoms (decoder rows mapped back to the cache's units) against the "
+                  f"{t['n_features']} planted directions (mnist_sae/truth.py): MCC is the mean |cos| of the Hungarian "
+                  f"matching, MMCS the mean best |cos| per true feature, recovered the share of true features matched "
+                  f"at |cos| >= {t['recovered_cosine']}, F1 of \"latent fires\" vs \"feature fires\" per matched pair.",
+                  "", "| MCC | MMCS | recovered | uniqueness | precision | recall | F1 |", "|---|---|---|---|---|---|---|",
+                  f"| {t['mcc']:.4f} | {t['mmcs']:.4f} | {t['recovered']:.4f} | {t['uniqueness']:.4f} | "
+                  f"{t['precision']:.4f} | {t['recall']:.4f} | {t['f1']:.4f} |", ""]
+    if out.get("per_layer_saes"):
+        lines += ["## One SAE per layer vs one SAE over all layers (test split)", "",
+                  "Per layer: the all-layer SAE on that layer's rows, and an SAE of the same settings trained on that "
+                  "layer's rows only (its own standardization; with L layers it sees 1/L of the rows, so 1/L of the "
+                  "steps at the same epochs). Dead: never fires on that layer's test rows.", "",
+                  "| layer | SAE | expl. var. | norm. MSE* | L0 | dead | spliced drop (pp) | CE recovered |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for layer, own in sorted(out["per_layer_saes"].items()):
+            for name, m, sp in (("all layers", out["splits"]["test"]["per_layer"][layer], out["spliced"].get(layer)),
+                                (f"layer {layer} only", own["test"], own.get("spliced"))):
+                lines.append(f"| {layer} | {name} | {m['explained_variance']:.4f} | {m['mse_norm']:.4f} | {m['l0']:.2f} | "
+                             f"{m['dead_fraction']:.3f} | {_f(sp and sp['acc_drop_pp'], '.2f')} | "
+                             f"{_f(sp and sp['ce_recovered'])} |")
+        lines += ["", "*normalized MSE is in each SAE's own standardized units: compare the two SAEs by explained variance.", ""]
     if out.get("probes"):
         lines += ["## Probes: SAE codes vs raw activations (test split)", "",
                   f"Logistic regression (lbfgs, standardized features) on the same {out['probe_rows']} train rows for "
@@ -207,9 +343,9 @@ def markdown_report(out: dict, usage_rows: list[dict]) -> str:
         lines += ["## Most-used latents (test split)", "",
                   "Rate: share of rows the latent fires on; for each column its most common value and the share of "
                   "the latent's firings there (for label: its label purity).", "",
-                  "| latent | rate | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+                  "| " + " | ".join(["latent", "rate"] + cols) + " |", "|---|---|" + "---|" * len(cols)]
         for row in usage_rows:
-            lines.append(f"| {row['latent']} | {row['rate']:.4f} | " +
-                         " | ".join(f"{row[k]:.3f}" if k.endswith("_share") else str(row[k]) for k in cols) + " |")
+            lines.append("| " + " | ".join([str(row["latent"]), f"{row['rate']:.4f}"] +
+                                           [f"{row[k]:.3f}" if k.endswith("_share") else str(row[k]) for k in cols]) + " |")
         lines.append("")
     return "\n".join(lines)

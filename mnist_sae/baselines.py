@@ -21,6 +21,7 @@ import torch
 from mnist_sae import metrics
 from mnist_sae.collect import to_y, to_z
 from mnist_sae.dictionaries import nonnegative_atoms
+from mnist_sae.stats import aggregate_rows
 
 # every method's name, in report order: the reference dictionaries, the SAE family at each k, and
 # the train_sae stage's SAE ("sae_main", k = 0: scored at its own L0, not matched)
@@ -114,7 +115,9 @@ def probe_logits(probe, feats_NF: np.ndarray, n_classes: int = 10) -> torch.Tens
 
 def finite_or_none(v):
     """JSON has no NaN: an undefined number (CE recovered when the ablation costs nothing, the
-    purity of a dictionary with no live atom) becomes null."""
+    purity of a dictionary with no live atom) becomes null, inside nested dicts too ("core")."""
+    if isinstance(v, dict):
+        return {key: finite_or_none(x) for key, x in v.items()}
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return v
@@ -150,7 +153,7 @@ def score(method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: b
     its distributions ("cos": pairwise decoder cosines, "mag": non-zero |activations|).
 
     reconstruct_fn(z_ND) -> (z_hat_ND, a_NF). The row holds metrics.fidelity on the eval split (y
-    space, mean ablation = train mean of y), the dead fraction on train (DESIGN), label purity of
+    space, mean ablation = train mean of y; its "core" dict: metrics.core_metrics), the dead fraction on train (DESIGN), label purity of
     the top_n and of top_n uniformly sampled activating examples averaged over live atoms (signed
     codes count as two atoms, `nonnegative_atoms`), non-zero activation quantiles, decoder
     cosines with the Welch bound, the relative reconstruction bias gamma (centred on the train
@@ -202,13 +205,17 @@ class Results:
     family: dict[str, dict]  # "method@k" -> training info (lambda, calibrated val L0, shift)
 
 
-def add_scored(res: Results, method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: bool,
-               site: SiteData, *, top_n: int, seed: int, probe: ProbeSettings | None, log=print) -> None:
-    """`score` one method and append its row and distributions to `res`."""
-    row, dists = score(method, k, reconstruct_fn, W_dec_FD, signed, site, top_n=top_n, seed=seed, probe=probe)
+def add_scored(res: Results, method: str, k: int, fits: list[tuple], site: SiteData, *, top_n: int, seed: int,
+               probe: ProbeSettings | None, log=print) -> None:
+    """`score` one method fitted once per seed (fits: [(reconstruct_fn, W_dec_FD, signed)], in seed
+    order) and append one row to `res`: the mean over seeds with 95% t-interval half-widths
+    (mnist_sae.stats.aggregate_rows), and the first seed's distributions."""
+    runs = [score(method, k, *fit, site, top_n=top_n, seed=seed, probe=probe) for fit in fits]
+    row = aggregate_rows([r for r, _ in runs])
     res.rows.append(row)
-    res.dists[f"{method}@{k}"] = dists
-    log(f"{method:18s} k={k}: L0 {row['l0']:.3f}  mse_norm {row['mse_norm']:.4f}  ce_recovered {row['ce_recovered']}")
+    res.dists[f"{method}@{k}"] = runs[0][1]
+    log(f"{method:18s} k={k}: L0 {row['l0']:.3f}  mse_norm {row['mse_norm']:.4f}  ce_recovered {row['ce_recovered']}"
+        f"  ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
 
 
 ROWS_FILE, DISTS_DIR = "rows.json", "dists"

@@ -8,13 +8,22 @@ metric, so a wording change reruns only the compare stage, never a fit.
 from __future__ import annotations
 
 from mnist_sae.baselines import METHOD_ORDER, Results, finite_or_none
+from mnist_sae.stats import separated
 
 TABLE_COLUMNS = (  # (row key, header, format)
     ("l0", "L0", ".2f"), ("mse_norm", "MSE norm", ".4f"), ("explained_variance", "EV", ".3f"),
     ("acc_recon", "acc", ".4f"), ("ce_recon", "CE", ".4f"), ("ce_recovered", "CE rec", ".3f"),
     ("dead_fraction_train", "dead", ".2f"), ("purity_top", "purity top", ".3f"),
     ("purity_sampled", "purity sampled", ".3f"), ("probe_acc", "probe acc", ".4f"),
+    ("core.ce_loss_score", "CE score", ".3f"), ("core.kl_div_score", "KL score", ".3f"),
 )
+
+
+def _get(row: dict, key: str):
+    """row[key], or row["core"][name] for key "core.<name>" (metrics.core_metrics); None if absent."""
+    if key.startswith("core."):
+        return (row.get("core") or {}).get(key[5:])
+    return row.get(key)
 
 
 def _sorted_rows(rows: list[dict]) -> list[dict]:
@@ -37,11 +46,18 @@ def _fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
 
 
+def _fmt_ci(row: dict, key: str, spec: str) -> str:
+    """row[key], and "+- half-width" of its 95% interval over seeds when the row has one."""
+    value, hw = _get(row, key), _get(row, f"{key}_ci95")
+    text = _fmt(value, spec)
+    return text if hw is None or value is None else f"{text} +- {format(hw, spec)}"
+
+
 def _table(rows: list[dict]) -> str:
     from tabulate import tabulate
 
     body = [[r["method"] + ("" if r["k"] == 0 or is_matched(r) else " (L0 off)")]
-            + [_fmt(r.get(key), spec) for key, _, spec in TABLE_COLUMNS] for r in rows]
+            + [_fmt_ci(r, key, spec) for key, _, spec in TABLE_COLUMNS] for r in rows]
     return tabulate(body, headers=["method"] + [h for _, h, _ in TABLE_COLUMNS], tablefmt="github", disable_numparse=True)
 
 
@@ -136,11 +152,20 @@ def _headline(rows: list[dict]) -> list[str]:
         return []
     k = min(ks, key=lambda v: abs(v - main["l0"]))
     others = [r for r in rows if r["k"] == k and r["method"] != "sae_main" and is_matched(r)]
-    better = [r["method"] for r in others if r["mse_norm"] < main["mse_norm"]]
-    parts = ", ".join(f"{r['method']} {r['mse_norm']:.4f}" for r in others)
-    return [f"The main SAE (L0 {main['l0']:.2f}): normalized MSE {main['mse_norm']:.4f}, CE recovered "
-            f"{_fmt(main['ce_recovered'], '.3f')}, accuracy {main['acc_recon']:.4f}. At k = {k}: {parts}. "
-            f"Lower MSE than the main SAE: {', '.join(better) if better else 'none'}.", ""]
+
+    def apart(r):  # the two 95% intervals over seeds do not overlap (mnist_sae.stats.separated)
+        return separated(r["mse_norm"], r.get("mse_norm_ci95"), main["mse_norm"], main.get("mse_norm_ci95"))
+
+    better = [r["method"] + ("" if apart(r) else " (not separated)") for r in others if r["mse_norm"] < main["mse_norm"]]
+    worse_close = [r["method"] for r in others if r["mse_norm"] >= main["mse_norm"] and not apart(r)]
+    parts = ", ".join(f"{r['method']} {_fmt_ci(r, 'mse_norm', '.4f')}" for r in others)
+    return [f"The main SAE (L0 {main['l0']:.2f}, {main.get('seeds', 1)} seed(s)): normalized MSE "
+            f"{_fmt_ci(main, 'mse_norm', '.4f')}, CE recovered {_fmt_ci(main, 'ce_recovered', '.3f')}, accuracy "
+            f"{_fmt_ci(main, 'acc_recon', '.4f')}. At k = {k}: {parts}. "
+            f"Lower MSE than the main SAE: {', '.join(better) if better else 'none'}. "
+            f"Higher but not separated by the 95% intervals: {', '.join(worse_close) if worse_close else 'none'}.",
+            "", "Values are mean +- 95% t-interval half-width over seeds where a method has seeds (PCA and class "
+            "directions have none); \"not separated\" marks a difference the two intervals do not separate.", ""]
 
 
 def markdown_report(res: Results, header: dict, notes: list[str]) -> str:
@@ -152,6 +177,9 @@ def markdown_report(res: Results, header: dict, notes: list[str]) -> str:
     out += _headline(rows)
     if res.probe_raw_acc is not None:
         out += [f"Probe on the raw site activations: accuracy {res.probe_raw_acc:.4f}.", ""]
+    out += ["CE rec is against mean ablation (the train mean); CE score and KL score are SAEBench's core scores "
+            "against zero ablation (metrics.core_metrics; every core metric per method is in baselines.json under "
+            "\"core\").", ""]
     for k in ks:
         at_k = [r for r in rows if r["k"] == k and r["method"] != "sae_main"]
         out += [f"## k = {k}", "", _table(at_k), ""] + _reading(at_k, res.probe_raw_acc) + [""]
@@ -165,8 +193,8 @@ def markdown_report(res: Results, header: dict, notes: list[str]) -> str:
     return "\n".join(out)
 
 
-FRONTIER_COLUMNS = ("k", "l0", "mse_norm", "explained_variance", "ce_recovered", "purity_top", "purity_sampled",
-                    "acc_recon", "probe_acc")
+FRONTIER_COLUMNS = ("k", "l0", "mse_norm", "mse_norm_ci95", "explained_variance", "ce_recovered", "purity_top",
+                    "purity_sampled", "acc_recon", "acc_drop_pp", "acc_drop_pp_ci95", "probe_acc")
 
 
 def frontier_csvs(res: Results) -> dict[str, str]:
@@ -183,30 +211,39 @@ def frontier_csvs(res: Results) -> dict[str, str]:
 
 
 def frontier_figure(res: Results):
-    """MSE, CE recovered and purity against L0, one line per method."""
+    """Normalized MSE, accuracy drop, CE recovered and top-activation purity against L0, one line per
+    method; vertical bars are the 95% t-intervals over seeds where a method has seeds. 2 x 2 panels,
+    12 in wide (1200 px at the 100 dpi the stages save with), the legend across the top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    panels = (("mse_norm", "normalized MSE (lower is better)"), ("acc_drop_pp", "accuracy drop, pp (lower is better)"),
+              ("ce_recovered", "CE recovered"), ("purity_top", "purity of top activations"))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    axes = axes.ravel()
     for method in METHOD_ORDER:
         mrows = [r for r in _sorted_rows(res.rows) if r["method"] == method]
         if not mrows:
             continue
         style, ms = ("*", 12) if method == "sae_main" else ("o-", 4) if method.startswith("sae") else ("s--", 4)
-        for ax, key in zip(axes, ("mse_norm", "ce_recovered", "purity_top", "purity_sampled")):
-            pts = [(r["l0"], r[key]) for r in mrows if r.get(key) is not None]
+        for ax, (key, _) in zip(axes.flat, panels):
+            pts = [(r["l0"], r[key], r.get(f"{key}_ci95") or 0.0) for r in mrows if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), style, label=method, ms=ms)
-    for ax, title in zip(axes, ("normalized MSE (lower is better)", "CE recovered", "purity of top activations",
-                                "purity of sampled activations")):
+                x, y, err = zip(*pts)
+                ax.errorbar(x, y, yerr=err, fmt=style, label=method, ms=ms, capsize=3)
+    for ax, (_, title) in zip(axes.flat, panels):
         ax.set_xlabel("L0 (active latents per example)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    axes[-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    legend = {}  # label -> handle, over every panel, in plotting order
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
 
@@ -219,7 +256,7 @@ def histogram_figure(res: Results, key: str, k: int, title: str, welch: bool = F
 
     names = [n for n in (f"{m}@{k}" for m in METHOD_ORDER) if n in res.dists]
     names += [n for n in ("kmeans@1", "sae_main@0") if n in res.dists and n not in names]
-    cols = 4
+    cols = 3  # 3 x 4 in: 1200 px wide at 100 dpi
     nrows = max(1, -(-len(names) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
     rows = {f"{r['method']}@{r['k']}": r for r in res.rows}

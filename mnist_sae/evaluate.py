@@ -1,5 +1,6 @@
 """Evaluate a trained SAE at its site: reconstruct each split, score it with metrics.fidelity, and
-lay the numbers out as the original write-up's two tables (BEST_RESULTS.md, README).
+lay the numbers out as the original write-up's two tables (BEST_RESULTS.md, README) plus SAEBench's
+core metrics (`core_table`, also used by the ACTS.md and TRUTH.md reports).
 
 The SAE sees z = (y - mu) / sigma (train mean and std per dimension) when the site is normalized,
 else z = y; its reconstruction goes back to the FFN's units as y_hat = z_hat * sigma + mu, and the
@@ -27,7 +28,8 @@ def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels
                    chunk: int = 4096) -> tuple[dict, dict]:
     """(metrics, arrays) of one split.
 
-    metrics: metrics.fidelity's flat dict (ablation = mean_D, the train mean of y).
+    metrics: metrics.fidelity's flat dict (ablation = mean_D, the train mean of y) with its "core"
+             dict (metrics.core_metrics in y space, zero ablation).
     arrays:  mse_N (per-example normalized MSE), l0_N (active latents per example),
              pred_orig_N, pred_recon_N (the FFN's class from y and from y_hat), all on CPU.
     """
@@ -57,23 +59,61 @@ def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels
 # --- tables ---------------------------------------------------------------------------------
 
 
+def _cell(m: dict, key: str, scale: float = 1.0) -> str:
+    """m[key] * scale with 4 decimals, "+- half-width" when m has key_ci95 (mnist_sae.stats)."""
+    text = f"{scale * m[key]:.4f}"
+    if m.get(f"{key}_ci95") is not None:
+        text += f" +- {scale * m[key + '_ci95']:.4f}"
+    return text
+
+
 def reconstruction_table(by_split: dict, tablefmt: str = "github") -> str:
     """Reconstruction error by split: normalized and raw MSE, explained variance, L0, per-example
-    MSE median and p95."""
+    MSE median and p95 (mean +- 95% half-width over seeds where the split has _ci95 keys)."""
     headers = ["split", "MSE (normalized)", "MSE (raw)", "explained variance", "L0",
                "per-example MSE median", "per-example MSE p95"]
-    rows = [[s, m["mse_norm"], m["mse_raw"], m["explained_variance"], m["l0"], m["mse_ex_median"], m["mse_ex_p95"]]
-            for s, m in by_split.items()]
-    return tabulate(rows, headers, tablefmt=tablefmt, floatfmt=".4f")
+    keys = ("mse_norm", "mse_raw", "explained_variance", "l0", "mse_ex_median", "mse_ex_p95")
+    rows = [[s] + [_cell(m, k) for k in keys] for s, m in by_split.items()]
+    return tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 def ce_accuracy_table(by_split: dict, tablefmt: str = "github") -> str:
     """CE and accuracy by split: the FFN's own vs with the reconstruction spliced in."""
     headers = ["split", "CE", "CE recon", "delta CE", "CE recovered", "accuracy %", "accuracy recon %",
                "delta acc (pp)", "agreement %"]
-    rows = [[s, m["ce_orig"], m["ce_recon"], m["ce_increase"], m["ce_recovered"], 100 * m["acc_orig"],
-             100 * m["acc_recon"], m["acc_drop_pp"], 100 * m["agreement"]] for s, m in by_split.items()]
-    return tabulate(rows, headers, tablefmt=tablefmt, floatfmt=".4f")
+    cols = (("ce_orig", 1), ("ce_recon", 1), ("ce_increase", 1), ("ce_recovered", 1), ("acc_orig", 100),
+            ("acc_recon", 100), ("acc_drop_pp", 1), ("agreement", 100))
+    rows = [[s] + [_cell(m, k, scale) for k, scale in cols] for s, m in by_split.items()]
+    return tabulate(rows, headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+# (key in metrics.core_metrics, column header, format) of the core table, in SAEBench's order
+CORE_COLUMNS = (("explained_variance", "EV", ".4f"), ("mse", "MSE", ".4g"), ("cosine_similarity", "cosine", ".4f"),
+                ("l2_ratio", "L2 ratio", ".4f"), ("relative_reconstruction_bias", "rel. bias", ".4f"),
+                ("l0", "L0", ".3f"), ("l1", "L1", ".4g"), ("alive_fraction", "alive", ".3f"),
+                ("freq_over_1_percent", "> 1%", ".3f"), ("freq_over_10_percent", "> 10%", ".3f"),
+                ("ce_loss_score", "CE score", ".4f"), ("kl_div_score", "KL score", ".4f"))
+
+
+def core_table(by_row: dict, label: str = "split", tablefmt: str = "github") -> str:
+    """SAEBench core metrics (metrics.core_metrics), one row per entry of by_row {label: core dict};
+    a key some dicts lack (no head, no codes) or an undefined number shows as n/a, a key all of
+    them lack is left out (the head-free subset has no CE / KL score columns)."""
+    def cell(core, key, spec):  # mean, and "+- half-width" where the dict has key_ci95 (seeds)
+        v, hw = core.get(key), core.get(f"{key}_ci95")
+        if v is None or v != v:
+            return "n/a"
+        return format(v, spec) + ("" if hw is None else f" +- {format(hw, spec)}")
+    cols = [c for c in CORE_COLUMNS if any(c[0] in core for core in by_row.values())]
+    rows = [[name] + [cell(core, key, spec) for key, _, spec in cols] for name, core in by_row.items()]
+    return tabulate(rows, [label] + [h for _, h, _ in cols], tablefmt=tablefmt, disable_numparse=True)
+
+
+CORE_NOTE = ("EV = 1 - SSE/SST about the split's per-dimension mean; cosine and L2 ratio averaged over rows; rel. "
+             "bias = sum ||x_hat||^2 / sum <x_hat, x>; L1 = mean sum |a|; alive / > 1% / > 10% = share of latents "
+             "firing on more than 0 / 1% / 10% of the rows; CE score = (CE_zero - CE_sae) / (CE_zero - CE_clean), KL "
+             "score = (KL_zero - KL_sae) / KL_zero, zero = the site's activations replaced by zeros "
+             "(mnist_sae.metrics.core_metrics, SAEBench core eval).")
 
 
 def settings_table(settings: dict, tablefmt: str = "github") -> str:
@@ -94,5 +134,8 @@ def best_results_markdown(settings: dict, by_split: dict) -> str:
         "## Cross-entropy and accuracy by split\n\n" + ce_accuracy_table(by_split) + "\n\n"
         "recon = the FFN's decision read from the SAE's reconstruction; delta acc = accuracy - "
         "accuracy recon in percentage points; CE recovered = (CE_ablate - CE_recon) / (CE_ablate - CE), "
-        "ablation = the train mean.\n"
+        "ablation = the train mean.\n\n"
+        "## Core metrics by split (SAEBench)\n\n" + core_table({k: m["core"] for k, m in by_split.items()}) + "\n\n"
+        "In the FFN's units at the site. " + CORE_NOTE + " At the logit site zero ablation is the raw logits 0 (a "
+        "uniform softmax); at the hidden site the FFN head of a zero hidden layer.\n"
     )

@@ -8,7 +8,9 @@ Notation (DESIGN.md, Metrics): y_ND the FFN's activations at the SAE's site (the
 hidden layer); z_ND = (y - mu) / sigma with the train split's per-dimension mean and std when the
 site is normalized, else z = y; z_hat_ND the reconstruction; y_hat_ND = z_hat * sigma + mu; a_NF the
 latent codes. `fidelity` bundles the metrics of one split into one flat dict, so the SAE and every
-baseline method (PCA, k-means, random directions...) are scored by the same code.
+baseline method (PCA, k-means, random directions...) are scored by the same code; `core_metrics`
+is SAEBench's core set (reconstruction, sparsity, CE / KL scores against zero ablation), reported
+under the key "core" by every place an SAE is evaluated (evaluate, baselines, acts_eval, truth).
 """
 
 from __future__ import annotations
@@ -91,6 +93,22 @@ def ce_recovered(ce_orig: float, ce_recon: float, ce_ablate: float) -> float:
     return (ce_ablate - ce_recon) / denom if denom != 0 else float("nan")
 
 
+def kl_div_score(kl_sae: float, kl_ablate: float) -> float:
+    """KL-divergence score = (KL_ablate - KL_sae) / KL_ablate, KL_x = KL(clean || model with the
+    site replaced by x) (SAEBench core eval "kl_div_score", Karvonen et al. 2025): 1 when the
+    reconstruction keeps the clean distribution, 0 when it is as bad as the ablation, NaN when the
+    ablation changes nothing (KL_ablate == 0)."""
+    return (kl_ablate - kl_sae) / kl_ablate if kl_ablate != 0 else float("nan")
+
+
+def ablation_logits(to_logits: Callable[[torch.Tensor], torch.Tensor], ablation_D: torch.Tensor, n: int) -> torch.Tensor:
+    """logits_NO of the model with the site's activations replaced by the constant ablation_D on
+    every one of n examples: to_logits(ablation_D) repeated. Mean ablation passes the train mean,
+    zero ablation (SAEBench / SAELens) zeros: at the logit site that is the raw logits 0, a uniform
+    softmax; at the hidden site the FFN head of a zero hidden layer (its output bias)."""
+    return to_logits(ablation_D.float()[None, :]).expand(n, -1)
+
+
 # --- sparsity -------------------------------------------------------------------------------
 
 
@@ -102,6 +120,11 @@ def l0_per_example(a_NF: torch.Tensor) -> torch.Tensor:
 def l0(a_NF: torch.Tensor) -> float:
     """L0 = mean over examples of the number of non-zero latents."""
     return l0_per_example(a_NF).double().mean().item()
+
+
+def l1(a_NF: torch.Tensor) -> float:
+    """L1 = mean over examples of sum_f |a[n, f]| (SAEBench core "l1")."""
+    return a_NF.double().abs().sum(dim=1).mean().item()
 
 
 def l0_histogram(a_NF: torch.Tensor) -> torch.Tensor:
@@ -117,6 +140,12 @@ def latent_frequency(a_NF: torch.Tensor) -> torch.Tensor:
 def dead_fraction(freq_F: torch.Tensor) -> float:
     """Dead = fraction of latents never active (freq == 0); DESIGN counts it on the train split."""
     return (freq_F == 0).double().mean().item()
+
+
+def alive_fraction(freq_F: torch.Tensor) -> float:
+    """Alive = fraction of latents active at least once (freq > 0) = 1 - dead_fraction (SAEBench
+    core "frac_alive")."""
+    return (freq_F > 0).double().mean().item()
 
 
 def dense_fraction(freq_F: torch.Tensor, threshold: float = 0.1) -> float:
@@ -139,7 +168,7 @@ def fidelity(y_ND: torch.Tensor, y_hat_ND: torch.Tensor, labels_N: torch.Tensor,
              to_logits: Callable[[torch.Tensor], torch.Tensor], ablation_D: torch.Tensor, *,
              z_ND: torch.Tensor | None = None, z_hat_ND: torch.Tensor | None = None,
              a_NF: torch.Tensor | None = None, dense_threshold: float = 0.1, chunk: int = 8192) -> dict:
-    """Every fidelity metric of one split as a flat dict of numbers.
+    """Every fidelity metric of one split as a flat dict of numbers, plus the nested "core" dict.
 
     y_ND, y_hat_ND   the site's activations and their reconstruction, in the FFN's units
     labels_N         true classes
@@ -154,7 +183,9 @@ def fidelity(y_ND: torch.Tensor, y_hat_ND: torch.Tensor, labels_N: torch.Tensor,
     ce_orig, ce_recon, ce_increase = ce_recon - ce_orig, ce_ablate, ce_recovered; agreement;
     kl = KL(softmax(logits) || softmax(to_logits(y_hat))); mse_norm (z space), mse_raw (y space),
     explained_variance (y space); mse_ex_{mean,median,p95,best_index,worst_index} (per-example
-    MSE in z space); with a_NF: l0, l0_max, dead_fraction and dense_fraction (on this split).
+    MSE in z space); with a_NF: l0, l0_max, dead_fraction and dense_fraction (on this split);
+    core: `core_metrics` in y space, its zero ablation = to_logits of a zero site (the raw logits
+    0 at the logit site, the head of a zero hidden layer at the hidden site).
     """
     n, d = y_ND.shape
     if y_hat_ND.shape != (n, d) or labels_N.shape != (n,) or logits_NO.shape[0] != n or ablation_D.shape != (d,):
@@ -165,7 +196,7 @@ def fidelity(y_ND: torch.Tensor, y_hat_ND: torch.Tensor, labels_N: torch.Tensor,
     if z_ND is None:
         z_ND, z_hat_ND = y_ND, y_hat_ND
     recon_logits_NO = torch.cat([to_logits(y_hat_ND[i:i + chunk].float()) for i in range(0, n, chunk)])
-    ablate_logits_NO = to_logits(ablation_D.float()[None, :]).expand(n, -1)
+    ablate_logits_NO = ablation_logits(to_logits, ablation_D, n)
 
     out = {
         "acc_orig": accuracy(logits_NO, labels_N),
@@ -178,6 +209,9 @@ def fidelity(y_ND: torch.Tensor, y_hat_ND: torch.Tensor, labels_N: torch.Tensor,
         "mse_raw": mse(y_ND, y_hat_ND),
         "explained_variance": explained_variance(y_ND, y_hat_ND),
     }
+    out["core"] = core_metrics(y_ND, y_hat_ND, a_NF, labels_E=labels_N, logits_clean_EO=logits_NO,
+                               logits_sae_EO=recon_logits_NO,
+                               logits_zero_EO=ablation_logits(to_logits, torch.zeros_like(ablation_D), n))
     out["acc_drop_pp"] = 100.0 * (out["acc_orig"] - out["acc_recon"])
     out["ce_increase"] = out["ce_recon"] - out["ce_orig"]
     out["ce_recovered"] = ce_recovered(out["ce_orig"], out["ce_recon"], out["ce_ablate"])
@@ -350,6 +384,78 @@ def reconstruction(x_ND: torch.Tensor, x_hat_ND: torch.Tensor, z_ND: torch.Tenso
             "relative_reconstruction_bias": relative_reconstruction_bias(x_ND - centre_D, x_hat_ND - centre_D),
             "l0": l0(a_NF), "dead_fraction": dead_fraction(freq_F),
             "dense_fraction": dense_fraction(freq_F, dense_threshold)}
+
+
+# --- SAEBench core metrics: one set, one function, every caller ----------------------------------
+# SAEBench's "core" eval (Karvonen et al. 2025, arXiv:2503.09532; sae_bench/evals/core/main.py)
+# and SAELens's evals.py (get_sparsity_and_variance_metrics, get_recons_loss) report these for
+# every SAE. Unlike SAELens, explained variance here is about the per-dimension mean: SAELens
+# issue #659 (PRs #665, #710) found its total variance taken about zero (E||x||^2 instead of
+# E||x - E x||^2), which inflates EV towards 1 on activations with a large mean.
+
+CORE_KEYS = ("explained_variance", "mse", "cosine_similarity", "l2_ratio", "relative_reconstruction_bias")
+CORE_SPARSITY_KEYS = ("l0", "l1", "alive_fraction", "freq_over_1_percent", "freq_over_10_percent")
+CORE_DOWNSTREAM_KEYS = ("ce_loss_score", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation",
+                        "kl_div_score", "kl_div_with_sae", "kl_div_with_ablation")
+
+
+@torch.no_grad()
+def core_metrics(x_ND: torch.Tensor, x_hat_ND: torch.Tensor, a_NF: torch.Tensor | None = None, *,
+                 labels_E: torch.Tensor | None = None, logits_clean_EO: torch.Tensor | None = None,
+                 logits_sae_EO: torch.Tensor | None = None, logits_zero_EO: torch.Tensor | None = None) -> dict:
+    """SAEBench's core metrics of one SAE on one split as a flat dict, the same keys everywhere.
+
+    x_ND, x_hat_ND   the site's activations and the reconstruction, in the model's units (rows N)
+    a_NF             latent codes (None for a method without latents: no sparsity keys)
+    labels_E, logits_*_EO   with a downstream head: the true labels and the logits of the clean
+                     model, of the model with x_hat spliced in, and with the site zero-ablated, on
+                     examples E (E = N when a row is an example; the examples whose tokens are the
+                     rows for a transformer). All four or none (then no downstream keys).
+
+    Reconstruction (pooled over every row and dimension of the split):
+      explained_variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean_n(x)||^2 (explained_variance)
+      mse = mean over rows and dims of (x - x_hat)^2 (mse)
+      cosine_similarity = mean over rows of cos(x_n, x_hat_n) (cosine_similarity)
+      l2_ratio = mean over rows of ||x_hat_n|| / ||x_n|| (l2_ratio)
+      relative_reconstruction_bias = sum ||x_hat||^2 / sum <x_hat, x>, uncentred as in SAEBench
+    Sparsity (over this split's rows):
+      l0 = mean #{f : a_nf != 0}; l1 = mean sum_f |a_nf|; alive_fraction = share of latents active
+      at least once; freq_over_1_percent / freq_over_10_percent = share of latents active on more
+      than 1% / 10% of rows (dense_fraction at 0.01 and 0.1)
+    Downstream (mean over examples; CE against the true labels, KL against the clean model):
+      ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean) (ce_recovered with zero ablation)
+      kl_div_score = (KL_zero - KL_sae) / KL_zero, KL_x = KL(softmax(clean) || softmax(x))
+      and the parts: ce_loss_with_sae, ce_loss_without_sae (clean), ce_loss_with_ablation,
+      kl_div_with_sae, kl_div_with_ablation (SAEBench's names).
+    """
+    if x_ND.ndim != 2 or x_hat_ND.shape != x_ND.shape:
+        raise ValueError(f"core_metrics: expected two [N, D] tensors of one shape, got {tuple(x_ND.shape)} and "
+                         f"{tuple(x_hat_ND.shape)}")
+    out = {"explained_variance": explained_variance(x_ND, x_hat_ND), "mse": mse(x_ND, x_hat_ND),
+           "cosine_similarity": cosine_similarity(x_ND, x_hat_ND), "l2_ratio": l2_ratio(x_ND, x_hat_ND),
+           "relative_reconstruction_bias": relative_reconstruction_bias(x_ND, x_hat_ND)}
+    if a_NF is not None:
+        if a_NF.ndim != 2 or a_NF.shape[0] != x_ND.shape[0]:
+            raise ValueError(f"core_metrics: codes {tuple(a_NF.shape)} do not match {x_ND.shape[0]} rows")
+        freq_F = latent_frequency(a_NF)
+        out.update({"l0": l0(a_NF), "l1": l1(a_NF), "alive_fraction": alive_fraction(freq_F),
+                    "freq_over_1_percent": dense_fraction(freq_F, 0.01),
+                    "freq_over_10_percent": dense_fraction(freq_F, 0.1)})
+    given = [t is not None for t in (labels_E, logits_clean_EO, logits_sae_EO, logits_zero_EO)]
+    if any(given) and not all(given):
+        raise ValueError("core_metrics: pass labels_E and all three logits (clean, sae, zero), or none")
+    if all(given):
+        if not (logits_clean_EO.shape == logits_sae_EO.shape == logits_zero_EO.shape) or \
+                labels_E.shape != (logits_clean_EO.shape[0],):
+            raise ValueError(f"core_metrics: logits {tuple(logits_clean_EO.shape)}, {tuple(logits_sae_EO.shape)}, "
+                             f"{tuple(logits_zero_EO.shape)} and labels {tuple(labels_E.shape)} disagree")
+        ce_clean, ce_sae, ce_zero = (cross_entropy(t, labels_E) for t in (logits_clean_EO, logits_sae_EO, logits_zero_EO))
+        kl_sae, kl_zero = kl_divergence(logits_clean_EO, logits_sae_EO), kl_divergence(logits_clean_EO, logits_zero_EO)
+        out.update({"ce_loss_score": ce_recovered(ce_clean, ce_sae, ce_zero), "ce_loss_with_sae": ce_sae,
+                    "ce_loss_without_sae": ce_clean, "ce_loss_with_ablation": ce_zero,
+                    "kl_div_score": kl_div_score(kl_sae, kl_zero), "kl_div_with_sae": kl_sae,
+                    "kl_div_with_ablation": kl_zero})
+    return out
 
 
 def per_class_prf(y_true_N, y_pred_N, n_classes: int) -> dict:

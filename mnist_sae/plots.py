@@ -58,7 +58,7 @@ def evaluation_figure(mse_by_split: dict, l0_by_split: dict, confusion_CC: torch
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (ax_mse, ax_l0, ax_cm) = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, (ax_mse, ax_l0, ax_cm) = plt.subplots(1, 3, figsize=(12, 4.2))  # 1200 px at 100 dpi
     floor = 1e-12
     all_logs = np.concatenate([np.log10(np.maximum(v.double().numpy(), floor)) for v in mse_by_split.values()])
     edges = np.logspace(all_logs.min(), max(all_logs.max(), all_logs.min() + 1e-6), 41)

@@ -9,22 +9,23 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_sae.baselines import (FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy,
-                                 sae_method)
+from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_method
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
 
 
 # --- the reference methods --------------------------------------------------------------------
 
+UNSEEDED = ("pca", "class")  # deterministic fits: one per run, whatever the seed count
+
 
 def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, seed: int, kmeans_n_init: int,
                            kmeans_max_iter: int, n_classes: int = 10) -> list[tuple[str, int, Dictionary]]:
     """[(method, k, Dictionary)], all fitted on train: ("kmeans", 1, nearest centroid) first, then
-    for each k: PCA top-k, k-means gain-shape, random directions (seeded), class directions."""
-    if max(ks) > min(site.d, n_latents, n_classes):
-        raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents}, "
-                         f"classes = {n_classes})")
+    for each k: PCA top-k, k-means gain-shape, random directions (seeded), class directions (only
+    for k <= n_classes: there are n_classes of them)."""
+    if max(ks) > min(site.d, n_latents):
+        raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents})")
     mean_D = site.z_train_mean_D
     components_KD, pca_mean_D = fit_pca(site.z_train_ND, max(ks))
     C_FD = fit_kmeans(site.z_train_ND, n_latents, seed, kmeans_n_init, kmeans_max_iter)
@@ -34,8 +35,9 @@ def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, see
     for k in ks:
         out += [("pca", k, pca_dictionary(components_KD[:k], pca_mean_D)),
                 ("kmeans_gain_shape", k, topk_dictionary(C_FD - mean_D, mean_D, k)),
-                ("random", k, topk_dictionary(W_rand_FD, mean_D, k)),
-                ("class", k, topk_dictionary(W_class_CD, mean_D, k))]
+                ("random", k, topk_dictionary(W_rand_FD, mean_D, k))]
+        if k <= n_classes:
+            out.append(("class", k, topk_dictionary(W_class_CD, mean_D, k)))
     return out
 
 
@@ -61,9 +63,10 @@ def family_variants(site_is_logits: bool) -> tuple[str, ...]:
     return FAMILY if site_is_logits else tuple(v for v in FAMILY if v != "sae_jumprelu_kl")
 
 
-def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings: FamilySettings, seed: int,
-                        device: str = "cpu"):
-    """(sae, info): one SAE of the family trained at sparsity k with sae_train's public functions.
+def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings: FamilySettings,
+                        seeds: tuple[int, ...], device: str = "cpu"):
+    """(sae, info): the family's SAE at sparsity k, one stacked model per seed, by mnist_sae.fit's
+    recipe (lambda calibrated with the first seed).
 
     jumprelu / relu: lambda = sae_train.calibrate(target_l0 = k) on val, then one SAE trained
     with it (same seed, init and batches as the calibration run); jumprelu then optionally
@@ -73,50 +76,57 @@ def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings
     """
     import dataclasses
 
-    from mnist_sae import sae_train
-    from mnist_sae.sae import SAE
+    from mnist_sae.fit import FitPlan, fit_sae
+    from mnist_sae.sae_train import TrainSettings
 
     arch = {"sae_jumprelu": "jumprelu", "sae_jumprelu_kl": "jumprelu", "sae_relu": "relu", "sae_topk": "topk"}[variant]
     cfg = dataclasses.replace(base_cfg, arch=arch, d_in=site.d, k=k if arch == "topk" else min(base_cfg.k, base_cfg.n_latents))
     kl = settings.kl_coef if variant == "sae_jumprelu_kl" else 0.0
-    train_settings = sae_train.TrainSettings(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
-                                             kl_coef=kl, aux_coef=settings.aux_coef, dead_steps=settings.dead_steps,
-                                             log_every=10**9)
+    train_settings = TrainSettings(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
+                                   kl_coef=kl, aux_coef=settings.aux_coef, dead_steps=settings.dead_steps,
+                                   log_every=10**9)
     loss_kw = {}
     if kl > 0:  # the KL term maps z back to logits; un-normalized z are the logits themselves
         ones_D = torch.ones(site.d)
         loss_kw = {"mean_D": site.mean_D if site.normalize else 0 * ones_D, "std_D": site.std_D if site.normalize else ones_D}
-    info = {"lambda": 0.0, "calibrated_l0_val": None, "theta_shift": 0.0}
-    if arch != "topk":
-        cal = sae_train.calibrate(cfg, site.z_train_ND, site.z_val_ND, float(k), list(settings.lambdas), settings.refine,
-                                  train_settings, seed, device=device, **loss_kw)
-        info.update({"lambda": cal.lam, "calibrated_l0_val": cal.l0})
-    gen = torch.Generator().manual_seed(seed)
-    sae = SAE(cfg, n_models=1, generator=gen).to(device)
-    sae_train.train_sae(sae, site.z_train_ND, [info["lambda"]], train_settings, gen, **loss_kw)
-    if arch == "jumprelu" and settings.shift_thresholds:
-        info["theta_shift"] = sae_train.shift_thresholds_(sae, site.z_val_ND.to(device), float(k))
-    return sae.cpu().eval(), info
+    plan = FitPlan(target_l0=float(k), train=train_settings, seeds=tuple(seeds), lambdas=tuple(settings.lambdas),
+                   refine=settings.refine, shift_thresholds=settings.shift_thresholds)
+    sae, fitted = fit_sae(cfg, site.z_train_ND, site.z_val_ND, plan, device=device, **loss_kw)
+    info = {"lambda": fitted.lam, "calibrated_l0_val": None if fitted.calibration is None else fitted.calibration.l0,
+            "theta_shift": fitted.theta_shift}
+    return sae, info
 
 
 def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, top_n: int,
                    kmeans_n_init: int, kmeans_max_iter: int, probe: ProbeSettings | None,
                    family: FamilySettings | None, base_cfg=None, site_is_logits: bool = True,
-                   device: str = "cpu", log=print) -> Results:
+                   seeds: int = 1, device: str = "cpu", log=print) -> Results:
     """Fit every reference method on train (and train the SAE family when `family` is given),
     score all on the eval split through `score`. The main SAE is not here: the compare stage adds
-    its row with `add_scored`, so a new main SAE refits nothing."""
+    its row with `add_scored`, so a new main SAE refits nothing.
+
+    Methods that depend on a seed (k-means, gain-shape k-means, random directions, the SAE family)
+    are fitted with seeds seed, seed + 1, ..., seed + seeds - 1 (the family's seeds trained at once
+    as one stacked model); their row holds the mean over seeds and a 95% t-interval half-width per
+    metric (mnist_sae.stats.aggregate_rows), their distributions are the first seed's. PCA and
+    class directions have no seed: one fit. Scoring (purity sampling, probes) always uses `seed`."""
     res = Results([], {}, None, {})
     if probe is not None:
         res.probe_raw_acc = probe_accuracy(site.z_train_ND, site.z_eval_ND, site, probe)
     kw = dict(site=site, top_n=top_n, seed=seed, probe=probe, log=log)
-    for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=seed, kmeans_n_init=kmeans_n_init,
-                                                 kmeans_max_iter=kmeans_max_iter):
-        add_scored(res, method, k, dic.reconstruct, dic.W_dec_FD, dic.signed, **kw)
+    seed_list = tuple(range(seed, seed + seeds))
+    fits: dict[tuple[str, int], list] = {}  # (method, k) -> [(reconstruct_fn, W_dec_FD, signed)] in seed order
+    for s in seed_list:
+        for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=s, kmeans_n_init=kmeans_n_init,
+                                                     kmeans_max_iter=kmeans_max_iter):
+            if s == seed or method not in UNSEEDED:
+                fits.setdefault((method, k), []).append((dic.reconstruct, dic.W_dec_FD, dic.signed))
+    for (method, k), method_fits in fits.items():
+        add_scored(res, method, k, method_fits, **kw)
     if family is not None:
         for k in ks:
             for variant in family_variants(site_is_logits):
-                sae, info = train_family_member(variant, k, site, base_cfg, family, seed, device)
+                sae, info = train_family_member(variant, k, site, base_cfg, family, seed_list, device)
                 res.family[f"{variant}@{k}"] = info
-                add_scored(res, variant, k, *sae_method(sae), **kw)
+                add_scored(res, variant, k, [sae_method(sae.select(g)) for g in range(sae.n_models)], **kw)
     return res

@@ -123,19 +123,27 @@ def jumprelu(u_GBF: torch.Tensor, theta_G1F: torch.Tensor, ste: str, width: floa
 
 
 class SAE(nn.Module):
-    """G stacked SAEs of one config. All G start from the same seeded init (one model drawn and
-    repeated), so a batched grid and one-at-a-time runs with the same seed start identically.
+    """G stacked SAEs of one config.
+
+    `generator` one torch.Generator: all G start from the same seeded init (one model drawn and
+    repeated), so a batched lambda grid and one-at-a-time runs with the same seed start
+    identically. A list of G generators: model g is drawn from generator g (independent seeds
+    trained at once; model g starts exactly as a single SAE drawn from that generator would).
     """
 
-    def __init__(self, cfg: SAEConfig, n_models: int = 1, generator: torch.Generator | None = None):
+    def __init__(self, cfg: SAEConfig, n_models: int = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None):
         super().__init__()
         self.cfg, self.n_models = cfg, n_models
         G, D, Fl = n_models, cfg.d_in, cfg.n_latents
+        gens = generator if isinstance(generator, (list, tuple)) else [generator]
+        if len(gens) not in (1, G):
+            raise ValueError(f"SAE: {G} models need 1 or {G} generators, got {len(gens)}")
         # decoder rows: random unit directions; encoder = decoder transpose (Gao et al. 2024, 2.4)
-        W_dec_FD = torch.randn(Fl, D, generator=generator)
-        W_dec_FD = W_dec_FD / W_dec_FD.norm(dim=1, keepdim=True)
-        self.W_dec_GFD = nn.Parameter(W_dec_FD.expand(G, Fl, D).clone())
-        self.W_enc_GDF = nn.Parameter(W_dec_FD.T.expand(G, D, Fl).clone())
+        W_dec_gFD = torch.stack([torch.randn(Fl, D, generator=g) for g in gens])
+        W_dec_gFD = W_dec_gFD / W_dec_gFD.norm(dim=-1, keepdim=True)
+        self.W_dec_GFD = nn.Parameter(W_dec_gFD.expand(G, Fl, D).clone())
+        self.W_enc_GDF = nn.Parameter(W_dec_gFD.transpose(1, 2).expand(G, D, Fl).clone())
         self.b_enc_GF = nn.Parameter(torch.zeros(G, Fl))
         self.b_dec_GD = nn.Parameter(torch.zeros(G, D))
         if cfg.arch == "jumprelu":
@@ -147,10 +155,11 @@ class SAE(nn.Module):
         return self.log_theta_GF.exp()
 
     def pre_acts(self, z_BD: torch.Tensor) -> torch.Tensor:
-        """u_GBF = z_BD @ W_enc_GDF + b_enc_GF."""
-        if z_BD.ndim != 2 or z_BD.shape[1] != self.cfg.d_in:
-            raise ValueError(f"SAE: expected z [B, {self.cfg.d_in}], got {tuple(z_BD.shape)}")
-        return torch.baddbmm(self.b_enc_GF[:, None, :], z_BD.expand(self.n_models, -1, -1), self.W_enc_GDF)
+        """u_GBF = z_BD @ W_enc_GDF + b_enc_GF; z may also be [G, B, D] (a batch per model)."""
+        G, D = self.n_models, self.cfg.d_in
+        if not ((z_BD.ndim == 2 and z_BD.shape[1] == D) or (z_BD.ndim == 3 and z_BD.shape[0] == G and z_BD.shape[2] == D)):
+            raise ValueError(f"SAE: expected z [B, {D}] or [{G}, B, {D}], got {tuple(z_BD.shape)}")
+        return torch.baddbmm(self.b_enc_GF[:, None, :], z_BD.expand(G, -1, -1), self.W_enc_GDF)
 
     def activate(self, u_GBF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_GBF, penalty_GB): latents and the per-example sparsity term the loss weights by lambda.
@@ -237,7 +246,7 @@ def sae_loss(z_BD: torch.Tensor, z_hat_GBD: torch.Tensor, a_GBF: torch.Tensor, p
     Summing over G keeps each model's gradient its own, so with an elementwise optimizer (Adam) a
     batched grid trains exactly like its points one after another (up to float rounding).
     """
-    diff_GBD = z_hat_GBD - z_BD
+    diff_GBD = z_hat_GBD - z_BD  # z_BD may be [G, B, D]: a batch per model
     terms = {"mse": diff_GBD.square().mean((1, 2)), "sparsity": penalty_GB.mean(1)}
     total_G = terms["mse"] + sparsity_coef_G * terms["sparsity"]
     if kl_coef > 0:

@@ -30,6 +30,11 @@ class TrainSettings:
     dead_steps: int = 1000  # topk: a latent that has not fired for this many steps is dead (AuxK)
     lr_decay: float = 0.0  # share of the run's last steps over which the learning rate decays linearly to 0
     log_every: int = 100  # steps between on_step calls
+    decoder_init: str = "random"  # random (unit directions) | data (centred training rows, see init_from_data_)
+    resample_every: int = 0  # every this many steps, latents that did not fire in them are resampled (0 = never)
+    sparsity_warmup: float = 0.0  # share of the first steps over which the sparsity coefficient ramps linearly from 0
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019), both fused
+    weight_decay: float = 0.0  # adamw only
 
 
 @dataclass
@@ -44,23 +49,34 @@ def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
 
 
 def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSettings,
-              generator: torch.Generator, *, mean_D: torch.Tensor | None = None,
-              std_D: torch.Tensor | None = None, on_step=None) -> TrainHistory:
+              generator: torch.Generator | list[torch.Generator], *, mean_D: torch.Tensor | None = None,
+              std_D: torch.Tensor | None = None, on_step=None, batch_source=None) -> TrainHistory:
     """Train the G models of `sae` in place, model g with sparsity coefficient sparsity_coef_G[g].
 
-    Minimises sum_G sae_loss(...)["total"] with Adam (fused) over minibatches of a fresh seeded
-    permutation each epoch (the last partial batch is dropped). b_dec starts at the mean of z.
+    Minimises sum_G sae_loss(...)["total"] with fused Adam (or AdamW: settings.optimizer) over
+    minibatches of a fresh seeded permutation each epoch (the last partial batch is dropped).
+    b_dec starts at the mean of z.
+    One generator: every model sees the same batches (a lambda grid). A list of G generators (the
+    ones the models were drawn from, see SAE): model g draws its own permutation from generator g,
+    so G seeds train at once and model g sees the batches a single run with that seed would.
     The learning rate decays linearly to 0 over the last `lr_decay` share of the steps (Anthropic,
     "Circuits Updates - April 2024": the last 20%): at batch 8 Adam's steps are noisy, and
     annealing them settles the dictionary (TopK on MNIST logits, seed 2: test accuracy drop
     0.82 -> 0.59 pp).
     `on_step(step, terms)` gets, every settings.log_every steps, the mean of each loss term over
     the window as a CPU tensor [G].
+    `batch_source` (rows too many to hold; z_ND is then None): an object with `n_rows`, `mean_D`
+    (the mean of its z rows, for b_dec) and `gather(idx_B) -> z_BD` on the device, e.g.
+    mnist_sae.acts_fit.CacheBatches reading a memmap; the batches are the same permutation's.
     """
     G, cfg = sae.n_models, sae.cfg
-    _check_z(z_ND, cfg.d_in, "train_sae")
     device = sae.W_dec_GFD.device
-    z_ND = z_ND.to(device, torch.float32)
+    if batch_source is None:
+        _check_z(z_ND, cfg.d_in, "train_sae")
+        z_ND = z_ND.to(device, torch.float32)
+        n, z_mean_D, gather = z_ND.shape[0], z_ND.mean(0), z_ND.__getitem__
+    else:
+        n, z_mean_D, gather = batch_source.n_rows, batch_source.mean_D.to(device), batch_source.gather
     coef_G = torch.as_tensor(sparsity_coef_G, dtype=torch.float32, device=device).reshape(-1)
     if coef_G.shape != (G,):
         raise ValueError(f"train_sae: {G} models need {G} sparsity coefficients, got {coef_G.numel()}")
@@ -68,23 +84,45 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
         if mean_D is None or std_D is None:
             raise ValueError("train_sae: kl_coef > 0 needs mean_D and std_D (to map z back to logits)")
         mean_D, std_D = mean_D.to(device), std_D.to(device)
+    if settings.decoder_init not in DECODER_INITS:
+        raise ValueError(f"train_sae: decoder_init {settings.decoder_init!r}: expected one of {DECODER_INITS}")
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]  # one model: its own generator is the shared one
+    per_model = isinstance(generator, (list, tuple))
+    if per_model and len(generator) != G:
+        raise ValueError(f"train_sae: {G} models need 1 or {G} generators, got {len(generator)}")
+    gens = list(generator) if per_model else [generator]
     with torch.no_grad():
-        sae.b_dec_GD.copy_(z_ND.mean(0).expand(G, -1))
-    opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
-    n, bs = z_ND.shape[0], settings.batch_size
+        sae.b_dec_GD.copy_(z_mean_D.expand(G, -1))
+    if settings.decoder_init == "data":
+        init_from_data_(sae, gather, n, gens)
+    if settings.optimizer == "adamw":
+        opt = torch.optim.AdamW(sae.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+    elif settings.optimizer == "adam" and settings.weight_decay == 0:
+        opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
+    else:
+        raise ValueError(f"train_sae: optimizer {settings.optimizer!r} with weight_decay {settings.weight_decay}: "
+                         "expected adam (weight_decay 0) or adamw")
+    bs = settings.batch_size
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
         raise ValueError(f"train_sae: batch_size {bs} > {n} examples")
     use_aux = cfg.arch == "topk"
     total_steps = steps_per_epoch * settings.epochs
     decay_from = total_steps - int(settings.lr_decay * total_steps)  # first step with a reduced lr
+    # sparsity warm-up (Anthropic, "Circuits Updates - April 2024": lambda ramped up over the first 5%)
+    warm_steps = int(settings.sparsity_warmup * total_steps)
+    fired_window_GF = torch.zeros(G, cfg.n_latents, dtype=torch.bool, device=device)  # for resampling
     idle_GF = torch.zeros(G, cfg.n_latents, dtype=torch.long, device=device)  # steps since last fire
     history = TrainHistory()
     names, window, step = None, None, 0
     for _ in range(settings.epochs):
-        perm_N = torch.randperm(n, generator=generator).to(device)
+        if per_model:  # perm_GN: one permutation per model; z_BD is then [G, B, D]
+            perm_N = torch.stack([torch.randperm(n, generator=g) for g in generator]).to(device)
+        else:
+            perm_N = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
-            z_BD = z_ND[perm_N[i * bs:(i + 1) * bs]]
+            z_BD = gather(perm_N[..., i * bs:(i + 1) * bs])
             u_GBF = sae.pre_acts(z_BD)
             a_GBF, penalty_GB = sae.activate(u_GBF)
             z_hat_GBD = sae.decode(a_GBF)
@@ -93,7 +131,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                 fired_GF = (a_GBF.detach() != 0).any(1)
                 idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
                 aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
-            terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, kl_coef=settings.kl_coef,
+            step_coef_G = coef_G if step >= warm_steps else coef_G * ((step + 1) / warm_steps)
+            terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, step_coef_G, kl_coef=settings.kl_coef,
                              mean_D=mean_D, std_D=std_D, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -102,6 +141,11 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             opt.step()
             sae.normalize_decoder_()
             step += 1
+            if settings.resample_every:
+                fired_window_GF |= (a_GBF.detach() != 0).any(1)
+                if step % settings.resample_every == 0 and step <= decay_from:
+                    resample_dead_(sae, opt, ~fired_window_GF, gather, n, gens)
+                    fired_window_GF.zero_()
             if names is None:
                 names = [k for k in terms if k != "loss"]
                 window = torch.zeros(len(names), G, device=device)
@@ -115,6 +159,76 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                 if on_step is not None:
                     on_step(step, dict(zip(names, means)))
     return history
+
+
+DECODER_INITS = ("random", "data")
+
+
+@torch.no_grad()
+def init_from_data_(sae: SAE, gather, n: int, gens: list[torch.Generator]) -> None:
+    """Decoder rows <- (z_i - b_dec) / ||z_i - b_dec|| for F training rows i drawn without
+    replacement from the n rows that gather(idx) returns (model g with generator g, or one draw
+    shared by all models); encoder = decoder transpose. Every latent then starts pointing at real
+    data, so none starts dead (a data-sampled init, as k-means++ seeding or Anthropic's resampling
+    start from real inputs)."""
+    G, Fl = sae.n_models, sae.cfg.n_latents
+    device = sae.W_dec_GFD.device
+    shared = len(gens) != G or G == 1  # one generator: one draw, the same init for every model (a grid)
+    idx_F = torch.randperm(n, generator=gens[0])[:Fl].to(device) if shared else None
+    for g in range(G):
+        if not shared:
+            idx_F = torch.randperm(n, generator=gens[g])[:Fl].to(device)
+        W_FD = gather(idx_F) - sae.b_dec_GD[g]
+        W_FD = W_FD / W_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sae.W_dec_GFD[g].copy_(W_FD)
+        sae.W_enc_GDF[g].copy_(W_FD.T)
+
+
+@torch.no_grad()
+def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, gather, n: int,
+                   gens: list[torch.Generator], n_candidates: int = 4096) -> int:
+    """Resample latents that did not fire over the last window (Anthropic, "Towards
+    Monosemanticity", 2023, appendix: neuron resampling): draw candidate rows, weight each by its
+    squared reconstruction error under the current model, and point each dead latent's decoder
+    row at a drawn row's residual z - z_hat (unit norm); its encoder column is that direction
+    times 0.2 x the mean encoder-column norm of the live latents, its encoder bias 0, a JumpReLU
+    threshold its mean over live latents; Adam's moments of the touched entries are reset.
+    Returns the number of latents resampled."""
+    G = sae.n_models
+    total = 0
+    for g in range(G):
+        dead_F = dead_GF[g]
+        n_dead = int(dead_F.sum())
+        if n_dead == 0 or n_dead == dead_F.numel():
+            continue
+        gen = gens[g if len(gens) == G else 0]
+        idx_C = torch.randint(n, (min(n_candidates, n),), generator=gen).to(sae.W_dec_GFD.device)
+        z_CD = gather(idx_C)
+        one = sae.select(g)
+        z_hat_CD = one(z_CD)[0][0]
+        resid_CD = z_CD - z_hat_CD
+        err_C = resid_CD.square().sum(-1)
+        if float(err_C.sum()) <= 0:
+            continue
+        pick = torch.multinomial(err_C.cpu(), n_dead, replacement=n_dead > err_C.numel(), generator=gen).to(z_CD.device)
+        dirs_KD = resid_CD[pick] / resid_CD[pick].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        dead_idx = dead_F.nonzero().flatten()
+        live_norm = sae.W_enc_GDF[g][:, ~dead_F].norm(dim=0).mean()
+        sae.W_dec_GFD[g, dead_idx] = dirs_KD
+        sae.W_enc_GDF[g][:, dead_idx] = dirs_KD.T * 0.2 * live_norm
+        sae.b_enc_GF[g, dead_idx] = 0.0
+        if hasattr(sae, "log_theta_GF"):
+            sae.log_theta_GF[g, dead_idx] = sae.log_theta_GF[g][~dead_F].mean()
+        for p in (sae.W_dec_GFD, sae.W_enc_GDF, sae.b_enc_GF) + ((sae.log_theta_GF,) if hasattr(sae, "log_theta_GF") else ()):
+            state = opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    if p is sae.W_enc_GDF:
+                        state[key][g][:, dead_idx] = 0.0
+                    else:
+                        state[key][g, dead_idx] = 0.0
+        total += n_dead
+    return total
 
 
 # --- evaluation helpers -------------------------------------------------------------------------
@@ -132,23 +246,27 @@ def hard_l0_G(sae: SAE, z_ND: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
 
 
 @torch.no_grad()
-def shift_thresholds_(sae: SAE, z_ND: torch.Tensor, target_l0: float) -> float:
-    """One global shift delta added to every JumpReLU threshold, theta_f <- theta_f + delta, chosen
-    so that the mean L0 on z_ND is round(target_l0 * N) / N: delta sits halfway between the m-th
-    and (m+1)-th largest u - theta over all (example, latent) pairs, m = round(target_l0 * N).
-    Thresholds are kept > 0 (clamped at 1e-6). Returns delta.
+def shift_thresholds_(sae: SAE, z_ND: torch.Tensor, target_l0: float) -> list[float]:
+    """For each JumpReLU model g, one global shift delta_g added to all its thresholds,
+    theta_gf <- theta_gf + delta_g, chosen so that its mean L0 on z_ND is round(target_l0 * N) / N:
+    delta_g sits halfway between the m-th and (m+1)-th largest u - theta over all (example, latent)
+    pairs, m = round(target_l0 * N). Thresholds are kept > 0 (clamped at 1e-6). Returns [delta_g].
     """
-    if sae.cfg.arch != "jumprelu" or sae.n_models != 1:
-        raise ValueError("shift_thresholds_: needs a single JumpReLU SAE")
-    u_NF = torch.cat([sae.pre_acts(z_ND[i:i + 8192].float())[0] for i in range(0, z_ND.shape[0], 8192)])
-    theta_F = sae.theta_GF[0]
-    margin_sorted = (u_NF - theta_F).flatten().sort(descending=True).values
-    m = min(max(int(round(target_l0 * u_NF.shape[0])), 0), margin_sorted.numel())
-    hi = margin_sorted[m - 1] if m > 0 else margin_sorted[0] + 1.0
-    lo = margin_sorted[m] if m < margin_sorted.numel() else margin_sorted[-1] - 1.0
-    delta = float((hi + lo) / 2)
-    sae.log_theta_GF.copy_((sae.theta_GF + delta).clamp_min(1e-6).log())
-    return delta
+    if sae.cfg.arch != "jumprelu":
+        raise ValueError("shift_thresholds_: needs a JumpReLU SAE")
+    z_ND = z_ND.to(sae.W_dec_GFD.device, torch.float32)
+    u_GNF = torch.cat([sae.pre_acts(z_ND[i:i + 8192]) for i in range(0, z_ND.shape[0], 8192)], dim=1)
+    deltas = []
+    for g in range(sae.n_models):
+        theta_F = sae.theta_GF[g]
+        margin_sorted = (u_GNF[g] - theta_F).flatten().sort(descending=True).values
+        m = min(max(int(round(target_l0 * u_GNF.shape[1])), 0), margin_sorted.numel())
+        hi = margin_sorted[m - 1] if m > 0 else margin_sorted[0] + 1.0
+        lo = margin_sorted[m] if m < margin_sorted.numel() else margin_sorted[-1] - 1.0
+        delta = float((hi + lo) / 2)
+        sae.log_theta_GF[g].copy_((theta_F + delta).clamp_min(1e-6).log())
+        deltas.append(delta)
+    return deltas
 
 
 # --- calibration --------------------------------------------------------------------------------

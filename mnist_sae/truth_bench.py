@@ -22,8 +22,10 @@ import torch
 
 # the dictionary baselines (the same ones the baselines stage fits)
 from mnist_sae.dictionaries import fit_kmeans, fit_pca, pca_dictionary, random_directions, topk_dictionary
+from mnist_sae.metrics import core_metrics
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
-from mnist_sae.sae_train import TrainSettings, calibrate, shift_thresholds_, train_sae
+from mnist_sae.fit import FitPlan, fit_sae
+from mnist_sae.sae_train import TrainSettings
 from mnist_sae.truth import truth_scores
 
 SAE_VARIANTS = ("sae_jumprelu_sigmoid", "sae_jumprelu_rectangle", "sae_relu", "sae_topk")
@@ -57,7 +59,7 @@ class BenchSettings:
     recovered_cosine: float  # matched |cos| at or above which a true feature counts as recovered
 
 
-def fit_sae(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, s: BenchSettings, seed: int,
+def fit_variant(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, s: BenchSettings, seed: int,
             device: str = "cpu") -> tuple[SAE, dict]:
     """One SAE at sparsity k: calibrate lambda on val (jumprelu, relu), train with it (same seed,
     init and batches as calibration), shift JumpReLU thresholds to val L0 = k; topk has k by
@@ -70,34 +72,33 @@ def fit_sae(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tens
                     aux_k=min(s.aux_k, s.n_latents))
     settings = TrainSettings(lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, aux_coef=s.aux_coef,
                              dead_steps=s.dead_steps, lr_decay=s.lr_decay, log_every=10**9)
-    info = {"lambda": 0.0, "calibrated_l0_val": None, "theta_shift": 0.0}
-    if arch != "topk":
-        cal = calibrate(cfg, z_train_ND, z_val_ND, float(k), list(s.lambdas), s.refine, settings, seed, device=device)
-        info.update({"lambda": cal.lam, "calibrated_l0_val": cal.l0})
-    gen = torch.Generator().manual_seed(seed)
-    sae = SAE(cfg, n_models=1, generator=gen).to(device)
-    train_sae(sae, z_train_ND, [info["lambda"]], settings, gen)
-    sae = sae.cpu().eval()
-    if arch == "jumprelu" and s.shift_thresholds:
-        info["theta_shift"] = shift_thresholds_(sae, z_val_ND, float(k))
-    return sae, info
+    plan = FitPlan(target_l0=float(k), train=settings, seeds=(seed,), lambdas=tuple(s.lambdas), refine=s.refine,
+                   shift_thresholds=s.shift_thresholds)
+    sae, res = fit_sae(cfg, z_train_ND, z_val_ND, plan, device=device)
+    return sae, {"lambda": res.lam, "calibrated_l0_val": None if res.calibration is None else res.calibration.l0,
+                 "theta_shift": res.theta_shift[0]}
 
 
 def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarray, c_test_NT: np.ndarray,
                W_true_TD: np.ndarray, ks: list[int], s: BenchSettings, seed: int, device: str = "cpu",
                log=print) -> list[dict]:
     """Rows {"method", "k", "l0" (mean test L0), mcc, mmcs, recovered, uniqueness, precision,
-    recall, f1, and for SAEs lambda / theta_shift} for every method at every k, on test."""
+    recall, f1, "core" (metrics.core_metrics of the test reconstruction, the head-free subset: no
+    model reads planted activations), and for SAEs lambda / theta_shift} for every method at every
+    k, on test."""
     z_train_ND, z_val_ND, z_test_ND = (torch.from_numpy(np.asarray(x, np.float32)) for x in (x_train_ND, x_val_ND, x_test_ND))
     if max(ks) > min(z_train_ND.shape[1], s.n_latents):
         raise ValueError(f"score_seed: k = {max(ks)} exceeds min(D = {z_train_ND.shape[1]}, n_latents = {s.n_latents})")
     rows = []
 
-    def add(method, k, W_dec_FD, a_NF, extra=None):
-        a_NF = a_NF.detach().numpy()
+    def add(method, k, W_dec_FD, recon, extra=None):
+        z_hat_ND, a_NF = (t.detach() for t in recon)
+        core = core_metrics(z_test_ND, z_hat_ND, a_NF)
+        a_NF = a_NF.numpy()
         row = {"method": method, "k": k, "l0": float((a_NF != 0).sum(1).mean())}
         row.update(truth_scores(W_dec_FD.detach().numpy(), W_true_TD, a_NF, c_test_NT, s.recovered_cosine))
         row.update(extra or {})
+        row["core"] = core
         rows.append(row)
         log(f"seed {seed} k={k} {method:24s} L0 {row['l0']:.2f}  MCC {row['mcc']:.3f}  MMCS {row['mmcs']:.3f}  "
             f"F1 {row['f1']:.3f}  recovered {row['recovered']:.2f}")
@@ -110,10 +111,10 @@ def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarr
         for method, dic in (("pca", pca_dictionary(components_KD[:k], pca_mean_D)),
                             ("kmeans", topk_dictionary(C_FD - mean_D, mean_D, k)),
                             ("random", topk_dictionary(W_rand_FD, mean_D, k))):
-            add(method, k, dic.W_dec_FD, dic.encode(z_test_ND))
+            add(method, k, dic.W_dec_FD, dic.reconstruct(z_test_ND))
         for variant in SAE_VARIANTS:
-            sae, info = fit_sae(variant, k, z_train_ND, z_val_ND, s, seed, device)
-            add(variant, k, sae.W_dec_GFD[0], reconstruct(sae, z_test_ND)[1], info)
+            sae, info = fit_variant(variant, k, z_train_ND, z_val_ND, s, seed, device)
+            add(variant, k, sae.W_dec_GFD[0], reconstruct(sae, z_test_ND), info)
     return rows
 
 
@@ -121,16 +122,20 @@ def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarr
 
 
 def aggregate(rows_by_seed: dict[int, list[dict]]) -> dict:
-    """{method: {"k<k>": {metric: {"mean", "std", "values"}}}}: mean and population std (ddof 0)
-    over generator seeds of every metric in METRICS."""
+    """{method: {"k<k>": {metric: {"mean", "std", "values"}, "core": {name: {...}}}}}: mean and
+    population std (ddof 0) over generator seeds of every metric in METRICS and, when the rows
+    carry it, of every core metric."""
+    def stats(vals):
+        return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": [float(v) for v in vals]}
+
     out: dict = {}
     seeds = sorted(rows_by_seed)
     keys = sorted({(r["method"], r["k"]) for rows in rows_by_seed.values() for r in rows})
     for method, k in keys:
-        cell = {}
-        for m in METRICS:
-            vals = [r[m] for s in seeds for r in rows_by_seed[s] if r["method"] == method and r["k"] == k]
-            cell[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": [float(v) for v in vals]}
+        rows = [r for s in seeds for r in rows_by_seed[s] if r["method"] == method and r["k"] == k]
+        cell = {m: stats([r[m] for r in rows]) for m in METRICS}
+        if all("core" in r for r in rows):
+            cell["core"] = {name: stats([r["core"][name] for r in rows]) for name in rows[0]["core"]}
         out.setdefault(method, {})[f"k{k}"] = cell
     return out
 
@@ -162,6 +167,8 @@ def markdown_report(agg: dict, head: dict, notes: list[str]) -> str:
     """metrics/TRUTH.md: one table per k (mean +- std over seeds) and sentences made from the numbers."""
     from tabulate import tabulate
 
+    from mnist_sae.evaluate import CORE_NOTE, core_table
+
     cols = ("l0", "mcc", "mmcs", "f1", "recovered", "uniqueness")
     out = ["# Planted ground truth", "", "Generated by `stages/truth.py`; do not edit by hand.", ""]
     out += [f"- {n}" for n in notes] + [""]
@@ -184,6 +191,13 @@ def markdown_report(agg: dict, head: dict, notes: list[str]) -> str:
         if best is not None:
             out += [f"At L0 = {k}, {best[0]} has the highest MCC ({best[1]['mcc']['mean']:.3f}) and recovers "
                     f"{best[1]['recovered']['mean']:.0%} of the true features at |cos| >= the threshold.", ""]
+        core = {m: {name: v["mean"] for name, v in agg[m][f"k{k}"]["core"].items()}
+                for m in METHODS if "core" in agg.get(m, {}).get(f"k{k}", {})}
+        if core:
+            out += [f"Core metrics at L0 = {k} (SAEBench, head-free; mean over seeds, test split):", "",
+                    core_table(core, "method"), ""]
+    if any("core" in cell for cells in agg.values() for cell in cells.values()):
+        out += [CORE_NOTE + " No model reads the planted activations, so no CE / KL scores.", ""]
     return "\n".join(out)
 
 

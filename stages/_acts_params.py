@@ -8,11 +8,13 @@ of SAE knobs, one validator), read from its own section so `sae.lambda` keeps me
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mnist_sae.acts import ALLOWED_SOURCE, parse_source
+from mnist_sae.sae_train import TrainSettings
 from mnist_sae.vit import ViTConfig, ViTSettings
-from stages._common import NON_NEGATIVE, POSITIVE, ParamError, load_device, load_params, read_params_file, rule, setup_torch
+from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, choice, load_device, load_params, read_params_file,
+                            rule, setup_torch)
 from stages._sae_params import SAEParams
 
 FRACTION = rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)")
@@ -20,7 +22,8 @@ FRACTION = rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)")
 
 def _source_ok(v: str) -> bool:
     try:
-        return parse_source(v).kind != "planted"
+        parse_source(v)
+        return True
     except ValueError:
         return False
 
@@ -57,28 +60,52 @@ class EvalParams:
     probe_C: float = field(metadata=POSITIVE)  # inverse L2 strength of the logistic probes
     probe_max_iter: int = field(metadata=POSITIVE)  # lbfgs iterations
     top_latents: int = field(metadata=POSITIVE)  # most-used latents in the usage table and heat map
+    max_rows: int = field(metadata=POSITIVE)  # a split with more rows is scored on a seeded subsample of this many
     seed: int = field(metadata=NON_NEGATIVE)  # probe subsample and fit
 
 
 @dataclass(frozen=True)
+class OptimizerParams:
+    """acts.sae.optimizer and acts.sae.weight_decay: read beside acts.sae's SAEParams (the MNIST
+    `sae:` section has no such keys; its loop stays fused Adam)."""
+    optimizer: str = field(metadata=choice("adam", "adamw"))  # adam (as the MNIST SAE) | adamw (the seed-003 recipe)
+    weight_decay: float = field(metadata=NON_NEGATIVE)  # adamw's decoupled weight decay; 0.0 with adam
+
+    def validate(self, prefix: str) -> None:
+        if self.optimizer == "adam" and self.weight_decay != 0:
+            raise ParamError(f"{prefix}.weight_decay = {self.weight_decay}: only with optimizer adamw (set 0.0 for adam)")
+
+
+OPT_KEYS = ("optimizer", "weight_decay")
+
+
+@dataclass(frozen=True)
 class ActsParams:
-    source: str = field(metadata=rule(_source_ok, ALLOWED_SOURCE))  # where the activations come from
+    source: str = field(metadata=rule(_source_ok, ALLOWED_SOURCE))  # where the activations come from (planted: the `planted:` section, first seed)
     labels: str | None  # user caches: (N,) integer .npy of labels; null = none (transformer: the digit)
     meta: str | None  # user caches: .npz of named (N,) integer columns (example, layer, token...); null = none
     n_examples: int = field(metadata=rule(lambda v: v >= 10, ">= 10"))  # transformer: test images whose residuals are cached
     val_fraction: float = field(metadata=FRACTION)  # share of examples (not rows) held out for calibration
     test_fraction: float = field(metadata=FRACTION)  # share of examples held out for evaluation
     seed: int = field(metadata=NON_NEGATIVE)  # example subsample and split
+    per_layer: bool  # caches with a layer column: also one SAE per layer (its rows only), compared in acts_eval
     model: ModelParams
     sae: SAEParams
     eval: EvalParams
+    sae_opt: OptimizerParams  # acts.sae.optimizer, acts.sae.weight_decay (load_acts_params moves them here)
+
+    def sae_settings(self, epochs: int, batch_size: int) -> TrainSettings:
+        """acts.sae's training settings with the acts.sae optimizer."""
+        return replace(self.sae.settings(epochs, batch_size), optimizer=self.sae_opt.optimizer,
+                       weight_decay=self.sae_opt.weight_decay)
 
     def validate(self, prefix: str) -> None:
         if self.sae.kl_coef != 0:
             raise ParamError(f"{prefix}.sae.kl_coef = {self.sae.kl_coef}: must be 0.0 (no logits at a residual site)")
-        if parse_source(self.source).kind == "transformer" and (self.labels is not None or self.meta is not None):
+        kind = parse_source(self.source).kind
+        if kind in ("transformer", "planted") and (self.labels is not None or self.meta is not None):
             raise ParamError(f"{prefix}.labels = {self.labels!r}, meta = {self.meta!r}: only for npy: or raw: sources; "
-                             "the transformer writes its own (set null)")
+                             f"the {kind} source writes its own (set null)")
 
 
 def load_acts_params(raw: dict) -> ActsParams:
@@ -86,13 +113,15 @@ def load_acts_params(raw: dict) -> ActsParams:
     node = raw.get("acts")
     if isinstance(node, dict) and isinstance(node.get("sae"), dict):
         sae = node["sae"]
-        if "lam" in sae:
-            raise ParamError("acts.sae.lam: unknown key; the sparsity coefficient is acts.sae.lambda")
-        raw = {**raw, "acts": {**node, "sae": {("lam" if k == "lambda" else k): v for k, v in sae.items()}}}
+        if "lam" in sae or "sae_opt" in node:
+            raise ParamError("acts.sae.lam: unknown key; the sparsity coefficient is acts.sae.lambda" if "lam" in sae
+                             else "acts.sae_opt: unknown key; the optimizer is acts.sae.optimizer")
+        raw = {**raw, "acts": {**node, "sae_opt": {k: sae[k] for k in OPT_KEYS if k in sae},
+                               "sae": {("lam" if k == "lambda" else k): v for k, v in sae.items() if k not in OPT_KEYS}}}
     try:
         return load_params(ActsParams, "acts", raw)
     except ParamError as e:
-        raise ParamError(re.sub(r"\blam\b", "lambda", str(e))) from None
+        raise ParamError(re.sub(r"\blam\b", "lambda", str(e)).replace("acts.sae_opt", "acts.sae")) from None
 
 
 def start_acts_stage(seed_of=lambda p: p.seed) -> tuple[ActsParams, str]:

@@ -49,3 +49,10 @@ class BaselinesParams:
 
 def load_baselines_params(raw: dict) -> BaselinesParams:
     return load_params(BaselinesParams, "baselines", raw)
+
+
+def matched_ks(p: BaselinesParams, target_l0: float) -> list[int]:
+    """baselines.k plus the main SAE's target L0 (rounded, >= 1): the comparison with the main
+    SAE is always made at its own sparsity, whatever baselines.k lists (issue 16: a target-20
+    hidden-site SAE was otherwise compared with methods at k <= 5)."""
+    return sorted(set(p.k) | {max(1, int(round(target_l0)))})

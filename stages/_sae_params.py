@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from mnist_sae.sae import ARCHS, STES, SAEConfig
-from mnist_sae.sae_train import TrainSettings, load_site
+from mnist_sae.sae_train import DECODER_INITS, TrainSettings, load_site
 from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, choice, load_device, load_params, read_params_file,
                             rule, setup_torch)
 
@@ -49,6 +49,7 @@ class SAEParams:
     lr_decay: float = field(metadata=rule(lambda v: 0 <= v <= 1, "a number in [0, 1]"))  # share of last steps with lr decaying to 0
     batch_size: int = field(metadata=POSITIVE)  # train_sae minibatch size
     seed: int = field(metadata=NON_NEGATIVE)  # init and batch order (calibration too)
+    seeds: int = field(metadata=POSITIVE)  # train_sae: models trained at once with seeds seed, seed+1, ...; metrics are mean and 95% interval
     theta_shift: bool  # jumprelu: after training shift all thresholds by one delta so val L0 = target
     kl_coef: float = field(metadata=NON_NEGATIVE)  # weight of KL(softmax(y) || softmax(y_hat)); logit site only
     k: int | None = field(metadata=POSITIVE)  # topk: active latents per example; null = round(target_l0)
@@ -56,6 +57,9 @@ class SAEParams:
     aux_coef: float = field(metadata=NON_NEGATIVE)  # topk: AuxK loss weight (Gao et al. 2024: 1/32)
     dead_steps: int = field(metadata=POSITIVE)  # topk: steps without firing after which a latent is dead
     log_every: int = field(metadata=POSITIVE)  # train_sae: steps per logged point of the training curves
+    decoder_init: str = field(metadata=choice(*DECODER_INITS))  # random unit directions | data: centred training rows
+    resample_every: int = field(metadata=NON_NEGATIVE)  # resample latents that did not fire in this many steps (0 = never)
+    sparsity_warmup: float = field(metadata=rule(lambda v: 0 <= v <= 1, "a number in [0, 1]"))  # share of first steps with lambda ramping up from 0
     calibration: CalibrationParams
 
     def validate(self, prefix: str) -> None:
@@ -68,6 +72,9 @@ class SAEParams:
         if self.aux_k > self.n_latents:
             raise ParamError(f"{prefix}.aux_k = {self.aux_k}: must be <= n_latents = {self.n_latents}")
 
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seed, self.seed + self.seeds))
+
     def top_k(self) -> int:
         return self.k if self.k is not None else int(round(self.target_l0))
 
@@ -79,7 +86,8 @@ class SAEParams:
     def settings(self, epochs: int, batch_size: int) -> TrainSettings:
         return TrainSettings(lr=self.lr, epochs=epochs, batch_size=batch_size, kl_coef=self.kl_coef,
                              aux_coef=self.aux_coef, dead_steps=self.dead_steps, log_every=self.log_every,
-                             lr_decay=self.lr_decay)
+                             lr_decay=self.lr_decay, decoder_init=self.decoder_init, resample_every=self.resample_every,
+                             sparsity_warmup=self.sparsity_warmup)
 
 
 def load_sae_params(raw: dict) -> SAEParams:

@@ -7,7 +7,10 @@ the prepared test split (a seeded subsample; images the transformer never traine
 float16 memmap acts.npy with meta (example, layer, token), the digit as label and
 example_index.npy (each example's row in the prepared test split, for spliced fidelity).
 npy: / raw: the user's file is validated (shape, dtype, size, finite in chunks, labels and meta
-lengths) and referenced by path with a fingerprint, never copied. Rows are split by example.
+lengths) and referenced by path with a fingerprint, never copied. planted: planted.n_rows rows of
+the planted generator (the `planted:` section, its first seed) as a float32 memmap acts.npy with
+the true directions and codes beside it (mnist_sae.acts.write_planted_source); every row is its
+own example. Rows are split by example.
 """
 
 import argparse
@@ -16,10 +19,11 @@ import numpy as np
 import torch
 
 from mnist_sae.acts import (check_finite, fingerprint, load_labels, load_meta, open_activations, parse_source,
-                            split_by_example, write_index)
+                            split_by_example, write_index, write_planted_source)
 from mnist_sae.vit import ViT, write_residuals
 from stages._acts_params import start_acts_stage
-from stages._common import DataError, ParamError, atomic_path, load_prepared, load_torch, run, write_json
+from stages._common import DataError, ParamError, atomic_path, load_params, load_prepared, load_torch, run, write_json
+from stages.planted import PlantedParams
 
 
 def main():
@@ -38,6 +42,8 @@ def main():
         if p.n_examples > len(y_N):
             raise ParamError(f"acts.n_examples = {p.n_examples}: the prepared test split has only {len(y_N)} examples")
         index_N = np.sort(np.random.default_rng(p.seed).permutation(len(y_N))[:p.n_examples])
+    elif spec.kind == "planted":
+        planted = load_params(PlantedParams, "planted")
     else:
         acts = open_activations(spec)
         check_finite(acts)
@@ -51,6 +57,9 @@ def main():
             np.save(tmp / "example_index.npy", index_N)
             info = {"kind": "transformer", "source": p.source, "dtype": "float16", "d": model.cfg.d_model,
                     "n_rows": len(labels_R), "n_layers": model.cfg.n_layers, "n_tokens": model.cfg.n_tokens}
+        elif spec.kind == "planted":
+            info = {**write_planted_source(tmp, planted.spec(), planted.n_rows, planted.seeds[0]), "source": p.source}
+            labels_R, meta = None, {}
         else:
             info = {"kind": spec.kind, "source": p.source, "path": spec.path, "dtype": spec.dtype or str(acts.data_RD.dtype),
                     "d": acts.d, "n_rows": acts.n_rows, "fingerprint": fingerprint(spec.path),

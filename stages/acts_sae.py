@@ -2,28 +2,42 @@
 
     python -m stages.acts_sae CACHE_DIR SAE_PT METRICS_JSON CURVES_DIR
 
-acts.sae is the MNIST track's SAE section in its own place. The input is standardized per
-dimension with the train split's mean and std, z = (x - mean) / std. lambda: acts.sae.lambda, or
-(null, jumprelu / relu) calibrated on val to acts.sae.target_l0 as in the calibrate stage. The
-train and val rows are read into memory (float32); streaming from the memmap is not wired into
-the loop yet (mnist_sae.acts.stream_batches exists). The checkpoint is {"sae", "lambda",
-"lambda_source", "theta_shift", "mean_D", "std_D", "calibration"}.
+acts.sae is the MNIST track's SAE section in its own place; the recipe is
+mnist_sae.acts_fit.fit_cache_sae: the input standardized per dimension with the train rows' mean
+and std, z = (x - mean) / std; lambda from acts.sae.lambda, or (null, jumprelu / relu) calibrated
+on val to acts.sae.target_l0 as in the calibrate stage; trained by train_sae; JumpReLU threshold
+shift. The train and val rows are read into memory (float32).
+
+acts.per_layer (caches with a layer column): also one SAE per layer, the same recipe on that
+layer's train / val rows only (its own standardization and, where calibrated, its own lambda),
+trained one after the other: the stacked-G model of mnist_sae.sae trains its G models on the
+same batches, and these see different rows.
+
+The checkpoint is {"sae", "lambda", "lambda_source", "theta_shift", "mean_D", "std_D",
+"per_layer": {layer: the same keys}}.
 """
 
 import argparse
 
-import torch
+import numpy as np
 
-from mnist_sae import metrics
 from mnist_sae.acts import open_cache
-from mnist_sae.collect import normalization_stats, to_z
-from mnist_sae.sae import SAE, reconstruct
-from mnist_sae.sae_train import calibrate, lambda_grid, shift_thresholds_, train_sae
+from mnist_sae.acts_fit import Recipe, fit_cache_sae
+from mnist_sae.sae_train import lambda_grid
 from stages._acts_params import start_acts_stage
-from stages._common import run, save_torch, write_json
+from stages._common import ParamError, run, save_torch, write_json
 from stages._curves import training_curves
 
 CURVES = ("mse", "l0", "total", "sparsity", "aux")
+
+
+def summary(f) -> dict:
+    cal = None if f.calibration is None else {"lambda": f.calibration.lam, "l0_val": f.calibration.l0,
+                                               "bracketed": f.calibration.bracketed,
+                                               "points": [list(pt) for pt in f.calibration.points]}
+    return {"lambda": f.lam, "lambda_source": f.lambda_source, "theta_shift": f.theta_shift, "l0_val": f.val["l0"],
+            "mse_norm_val": f.val["mse_norm"], "dead_fraction_val": f.val["dead_fraction"], "calibration": cal,
+            "train_rows": f.train_rows}
 
 
 def main():
@@ -32,43 +46,34 @@ def main():
         parser.add_argument(name)
     args = parser.parse_args()
     p, device = start_acts_stage(lambda p: p.sae.seed)
-    s = p.sae
+    s, c = p.sae, p.sae.calibration
     cache = open_cache(args.cache_dir)
-    x_train_ND = cache.load_split("train")
-    mean_D, std_D = (torch.from_numpy(a) for a in normalization_stats(x_train_ND))
-    z_train_ND = to_z(torch.from_numpy(x_train_ND), mean_D, std_D, True)
-    z_val_ND = to_z(torch.from_numpy(cache.load_split("val")), mean_D, std_D, True)
-    cfg = s.config(cache.acts.d)
-
-    cal = None
-    if s.arch == "topk":
-        lam, source = 0.0, "none (topk)"
-    elif s.lam is not None:
-        lam, source = s.lam, "params"
-    else:
-        c = s.calibration
-        cal = calibrate(cfg, z_train_ND, z_val_ND, s.target_l0, lambda_grid(c.lambda_min, c.lambda_max, c.num), c.refine,
-                        s.settings(c.epochs, c.batch_size), s.seed, device=device)
-        lam, source = cal.lam, "calibration"
-        print(f"calibrated lambda {cal.lam:.6g}: val L0 {cal.l0:.4f} (target {s.target_l0}, bracketed {cal.bracketed})")
-
-    gen = torch.Generator().manual_seed(s.seed)
-    sae = SAE(cfg, n_models=1, generator=gen).to(device)
+    recipe = Recipe(cfg=s.config(cache.acts.d), settings=p.sae_settings(s.epochs, s.batch_size),
+                    calibration_settings=p.sae_settings(c.epochs, c.batch_size), lam=s.lam, target_l0=s.target_l0,
+                    lambdas=tuple(lambda_grid(c.lambda_min, c.lambda_max, c.num)), refine=c.refine,
+                    theta_shift=s.theta_shift, seed=s.seed)
+    train, val = cache.splits["train"], cache.splits["val"]
+    layers = np.unique(cache.meta["layer"]).tolist() if p.per_layer and "layer" in cache.meta else []
+    batch = max(s.batch_size, c.batch_size if s.arch != "topk" and s.lam is None else 0)
+    for what, n in [("the cache", len(train))] + [(f"layer {l}", int((cache.meta["layer"][train] == l).sum())) for l in layers]:
+        if n < batch:
+            raise ParamError(f"acts.sae.batch_size = {s.batch_size} (calibration {c.batch_size}): {what} has only {n} "
+                             f"train rows; use a smaller batch" + (" or acts.per_layer: false" if what != "the cache" else ""))
     with training_curves(args.curves_dir, CURVES) as on_step:
-        train_sae(sae, z_train_ND, [lam], s.settings(s.epochs, s.batch_size), gen, on_step=on_step)
-    sae = sae.cpu().eval()
-    delta = shift_thresholds_(sae, z_val_ND, s.target_l0) if s.theta_shift and s.arch == "jumprelu" else 0.0
-    z_hat_ND, a_NF = reconstruct(sae, z_val_ND)
-    calibration = None if cal is None else {"lambda": cal.lam, "l0_val": cal.l0, "bracketed": cal.bracketed,
-                                            "points": [list(pt) for pt in cal.points]}
-    out = {"lambda": lam, "lambda_source": source, "theta_shift": delta, "l0_val": metrics.l0(a_NF),
-           "mse_norm_val": metrics.mse(z_val_ND, z_hat_ND),
-           "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_NF)),
-           "calibration": calibration, "train_rows": int(z_train_ND.shape[0]), "device": device}
-    save_torch(args.sae_pt, {"sae": sae.to_checkpoint(), "lambda": lam, "lambda_source": source, "theta_shift": delta,
-                             "mean_D": mean_D, "std_D": std_D})
+        fit = fit_cache_sae(cache, train, val, recipe, device=device, on_step=on_step)
+    out = {**summary(fit), "optimizer": p.sae_opt.optimizer, "weight_decay": p.sae_opt.weight_decay, "device": device,
+           "per_layer": {}}
+    ckpt = {**fit.checkpoint(), "per_layer": {}}
+    for l in layers:
+        f = fit_cache_sae(cache, train[cache.meta["layer"][train] == l], val[cache.meta["layer"][val] == l], recipe,
+                          device=device)
+        out["per_layer"][str(l)], ckpt["per_layer"][str(l)] = summary(f), f.checkpoint()
+        print(f"layer {l} SAE: val L0 {f.val['l0']:.4g}, norm. MSE {f.val['mse_norm']:.4g}, "
+              f"dead {f.val['dead_fraction']:.4g}")
+    save_torch(args.sae_pt, ckpt)
     write_json(args.metrics_json, out)
-    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items() if k != "calibration"))
+    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()
+                   if k not in ("calibration", "per_layer")))
 
 
 if __name__ == "__main__":

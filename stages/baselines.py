@@ -3,7 +3,8 @@ directions, an SAE family), fitted and scored once per change of their own param
 
     python -m stages.baselines COLLECTED_DIR FFN_CKPT OUT_DIR
 
-Fits on train, calibrates the family's lambdas on val, scores on baselines.eval_split; writes
+The k values are baselines.k plus round(sae.target_l0), so the main SAE always has references at
+its own sparsity. Fits on train, calibrates the family's lambdas on val, scores on baselines.eval_split; writes
 OUT_DIR/rows.json and OUT_DIR/dists/*.npy (mnist_sae.baselines.save_results). It does not read the
 main SAE: the compare stage scores that one and writes the report, so a new sae.lambda refits
 nothing here.
@@ -18,7 +19,7 @@ from mnist_sae import baselines, references
 from mnist_sae.collect import load_collected, load_stats
 from mnist_sae.ffn import FFN
 from mnist_sae.sae_train import lambda_grid
-from stages._baselines_params import load_baselines_params
+from stages._baselines_params import load_baselines_params, matched_ks
 from stages._common import ParamError, atomic_path, load_device, load_torch, read_params_file, run, setup_torch
 from stages._sae_params import load_sae_params
 
@@ -33,8 +34,10 @@ def main():
     sp = load_sae_params(raw)
     device = load_device(raw)
     info, mean_D, std_D = load_stats(args.collected_dir)
-    if max(p.k) > min(info["d"], sp.n_latents):
-        raise ParamError(f"baselines.k = {p.k}: at most min(site width {info['d']}, sae.n_latents {sp.n_latents})")
+    ks = matched_ks(p, sp.target_l0)
+    if max(ks) > min(info["d"], sp.n_latents):
+        raise ParamError(f"baselines.k = {p.k} with sae.target_l0 = {sp.target_l0}: every k must be at most "
+                         f"min(site width {info['d']}, sae.n_latents {sp.n_latents})")
     setup_torch(p.seed)
     # one thread for torch and for sklearn's BLAS/OpenMP: the matrices are tiny (D = 10, F = 32 at
     # the logit site), and on the shared 2-core machine two threads ran the calibration grid ~10x
@@ -50,13 +53,13 @@ def main():
                                        dead_steps=p.dead_steps, shift_thresholds=p.shift_thresholds)
     with threadpool_limits(1):
         res = references.run_references(
-            site, p.k, sp.n_latents, seed=p.seed, top_n=p.top_n, kmeans_n_init=p.kmeans_n_init,
+            site, ks, sp.n_latents, seed=p.seed, top_n=p.top_n, kmeans_n_init=p.kmeans_n_init,
             kmeans_max_iter=p.kmeans_max_iter, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
             family=family if p.family else None, base_cfg=sp.config(info["d"]), site_is_logits=info["site"] == "logits",
-            device=device)
+            seeds=sp.seeds, device=device)
 
     # what the compare stage checks its own params against, and reports
-    meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": p.k, "seed": p.seed,
+    meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "seeds": sp.seeds,
             "top_n": p.top_n, "device": device}
     with atomic_path(args.out_dir) as tmp:
         tmp.mkdir()

@@ -17,8 +17,9 @@ from mnist_sae.collect import load_collected, load_stats
 from mnist_sae.data import DataError
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
-from stages._baselines_params import load_baselines_params
+from stages._baselines_params import load_baselines_params, matched_ks
 from stages._common import atomic_path, load_device, load_torch, read_params_file, run, save_figure, setup_torch, write_json, write_text
+from stages._sae_params import load_sae_params
 
 
 def main():
@@ -31,7 +32,10 @@ def main():
     device = load_device(raw)
     info, mean_D, std_D = load_stats(args.collected_dir)
     res, meta = baselines.load_results(args.baselines_dir)
-    made_with = {"site": info["site"], "eval_split": p.eval_split, "ks": p.k, "seed": p.seed, "top_n": p.top_n}
+    sp = load_sae_params(raw)
+    ks = matched_ks(p, sp.target_l0)
+    made_with = {"site": info["site"], "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "top_n": p.top_n,
+                 "seeds": sp.seeds}
     stale = [key for key, v in made_with.items() if meta[key] != v]
     if stale:
         raise DataError(f"{args.baselines_dir}: made with other {', '.join(stale)} than params.yaml; run dvc repro baselines")
@@ -46,12 +50,13 @@ def main():
                                p.eval_split, to_logits)
     with threadpool_limits(1):
         # k = 0: scored at its own L0, not matched to a k
-        baselines.add_scored(res, "sae_main", 0, *baselines.sae_method(SAE.from_checkpoint(ckpt["sae"]).eval()), site,
+        sae = SAE.from_checkpoint(ckpt["sae"]).eval()  # one model per seed: the row is their mean and interval
+        baselines.add_scored(res, "sae_main", 0, [baselines.sae_method(sae.select(g)) for g in range(sae.n_models)], site,
                              top_n=p.top_n, seed=p.seed,
                              probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed))
 
     header = {"site": info["site"], "d": info["d"], "normalize": info["normalize"], "n_latents": meta["n_latents"],
-              "eval_split": p.eval_split, "ks": p.k, "device": meta["device"]}
+              "eval_split": p.eval_split, "ks": ks, "device": meta["device"]}
     notes = [f"fitted on train, SAE lambdas calibrated on val, scored on {p.eval_split}",
              f"SAE family: batch {p.batch_size}, {p.epochs} epoch(s), lr {p.lr:g}, lambda grid {p.lambda_num} points "
              f"{p.lambda_min:g}..{p.lambda_max:g} trained at once + {p.refine} bisection steps (a smaller budget than "
@@ -65,7 +70,7 @@ def main():
         tmp.mkdir()
         for name, text in report.frontier_csvs(res).items():
             (tmp / name).write_text(text)
-        k_hist = max(p.k)
+        k_hist = max(ks)
         save_figure(tmp / "frontier.png", report.frontier_figure(res))
         save_figure(tmp / "cosine_hist.png", report.histogram_figure(
             res, "cos", k_hist, f"pairwise decoder cosine similarities at k = {k_hist} (dotted: Welch bound)", welch=True))

@@ -16,6 +16,7 @@ from mnist_sae.evaluate import SPLITS, best_results_markdown, evaluate_split
 from mnist_sae.ffn import FFN
 from mnist_sae.metrics import calibration_error
 from mnist_sae.sae import SAE
+from mnist_sae.stats import seed_summary
 from stages._common import (POSITIVE, load_device, load_params, load_torch, read_params_file, rule, run,
                             save_figure, setup_torch, write_json, write_text)
 
@@ -64,20 +65,30 @@ def main():
     head = FFN.from_checkpoint(ffn_ckpt).eval().head
     to_logits = head if info["site"] == "hidden" else (lambda y_BO: y_BO)
 
+    # every seed's model scored alike; the tables and eval.json report mean and 95% t-interval over
+    # seeds (mnist_sae.stats), the histograms and confusion matrix show the first seed's model
     results, arrays = {}, {}
     for split in SPLITS:
         y_ND, logits_NO, labels_N = load_collected(args.collected_dir, split)
-        results[split], arrays[split] = evaluate_split(sae, y_ND, logits_NO, labels_N, mean_D, std_D, info["normalize"],
-                                                       to_logits, dense_threshold=p.dense_threshold)
+        per_seed = []
+        for g in range(sae.n_models):
+            row, arr = evaluate_split(sae.select(g), y_ND, logits_NO, labels_N, mean_D, std_D, info["normalize"],
+                                      to_logits, dense_threshold=p.dense_threshold)
+            per_seed.append(row)
+            if g == 0:
+                arrays[split] = arr
+        results[split] = seed_summary(per_seed)
     cfg = sae.cfg
-    summary = {"lambda": float(sae_ckpt["lambda"]), "target_l0": sae_p.target_l0, "l0_val": results["val"]["l0"],
-               "calibration_error": calibration_error(results["val"]["l0"], sae_p.target_l0),
+    l0_val = results["val"]["l0"]
+    summary = {"lambda": float(sae_ckpt["lambda"]), "seeds": sae.n_models, "target_l0": sae_p.target_l0,
+               "l0_val": l0_val, "calibration_error": calibration_error(l0_val, sae_p.target_l0),
                "n_latents": cfg.n_latents, "dead_fraction_train": results["train"]["dead_fraction"]}
     write_json(args.eval_json, {"sae": summary, **results, "device": device})
 
     settings = {"site": info["site"], "normalized input": info["normalize"], "SAE": f"{cfg.arch} ({cfg.ste} STE)",
                 "latents": cfg.n_latents, "target L0": sae_p.target_l0, "achieved L0 (val)": summary["l0_val"],
                 "calibration error": summary["calibration_error"], "lambda": summary["lambda"], "tau": cfg.tau,
+                "seeds": f"{sae.n_models} (tables: mean +- 95% t-interval half-width over seeds)",
                 "SAE batch size": sae_p.batch_size, "FFN": f"{ffn_ckpt['config']['kind']} hidden "
                 f"{ffn_ckpt['config']['n_hidden']}, lr {ffn_ckpt.get('lr', 'n/a')}", "FFN batch size": ffn_p.batch_size,
                 "dead latents (train)": summary["dead_fraction_train"]}

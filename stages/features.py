@@ -44,7 +44,7 @@ def main():
     ckpt = load_torch(args.sae_pt)
     if ckpt["site"] != info["site"]:
         raise DataError(f"{args.sae_pt}: trained on the {ckpt['site']} site, {args.collected} holds {info['site']}; rerun train_sae")
-    sae = SAE.from_checkpoint(ckpt["sae"]).to(device).requires_grad_(False)
+    sae = SAE.from_checkpoint(ckpt["sae"]).select(0).to(device).requires_grad_(False)  # the first seed's model
 
     if not info["normalize"]:  # else the SAE reads z = (y - mean) / std
         mean_D = std_D = None

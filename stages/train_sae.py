@@ -2,9 +2,13 @@
 
     python -m stages.train_sae COLLECTED_DIR CALIBRATION_JSON SAE_CKPT METRICS_JSON CURVES_DIR
 
-Writes the checkpoint {"sae": SAE.to_checkpoint(), "lambda", "lambda_source", "theta_shift",
-"site", "normalize"} (load with SAE.from_checkpoint(load_torch(path)["sae"])), a small metrics
-JSON (val L0, normalized MSE, accuracy drop at the logit site) and dvclive training curves.
+The recipe is mnist_sae.fit.fit_sae: sae.seeds models (seeds sae.seed, sae.seed + 1, ...) trained at
+once as one stacked model with the same lambda, each JumpReLU shifted to val L0 = target_l0.
+Writes the checkpoint {"sae": SAE.to_checkpoint() (G = seeds), "lambda", "lambda_source", "seeds",
+"theta_shift" (per seed), "site", "normalize"} (load with SAE.from_checkpoint(load_torch(path)["sae"]),
+one seed with .select(g)), a small metrics JSON (val L0, normalized MSE, accuracy drop at the logit
+site: mean and 95% t-interval half-width over seeds, and each seed's value) and dvclive training
+curves (seed 0's terms).
 """
 
 import argparse
@@ -15,9 +19,10 @@ import torch
 
 from mnist_sae import metrics
 from mnist_sae.data import DataError
-from mnist_sae.sae import SAE, reconstruct
+from mnist_sae.sae import reconstruct
 from mnist_sae.collect import load_collected, to_y
-from mnist_sae.sae_train import shift_thresholds_, train_sae
+from mnist_sae.fit import FitPlan, fit_sae
+from mnist_sae.stats import seed_summary
 from stages._common import run, save_torch, write_json
 from stages._curves import training_curves
 from stages._sae_params import start_sae_stage
@@ -44,28 +49,30 @@ def main():
             raise DataError(f"{cal_path}: calibrated for arch {cal.get('arch')!r}, not {p.arch!r}; run `dvc repro calibrate`")
         lam, source = float(cal["lambda"]), "calibration"
 
-    gen = torch.Generator().manual_seed(p.seed)
-    sae = SAE(p.config(info["d"]), n_models=1, generator=gen).to(device)
+    plan = FitPlan(target_l0=p.target_l0, train=p.settings(p.epochs, p.batch_size), seeds=p.seed_list(), lam=lam,
+                   shift_thresholds=p.theta_shift)
     with training_curves(args.curves_dir, CURVES) as on_step:
-        train_sae(sae, z_train_ND, [lam], p.settings(p.epochs, p.batch_size), gen, mean_D=mean_D, std_D=std_D,
-                  on_step=on_step)
-    sae = sae.cpu().eval()
-    delta = shift_thresholds_(sae, z_val_ND, p.target_l0) if p.theta_shift and p.arch == "jumprelu" else 0.0
+        sae, fitted = fit_sae(p.config(info["d"]), z_train_ND, z_val_ND, plan, device=device, mean_D=mean_D, std_D=std_D,
+                              on_step=on_step)
 
-    z_hat_ND, a_NF = reconstruct(sae, z_val_ND)
-    out = {"lambda": lam, "lambda_source": source, "theta_shift": delta, "l0_val": metrics.l0(a_NF),
-           "mse_norm_val": metrics.mse(z_val_ND, z_hat_ND),
-           "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
-    if info["site"] == "logits":
-        y_hat_NO = to_y(z_hat_ND, mean_D, std_D, info["normalize"])
-        _, logits_NO, labels_N = load_collected(args.collected_dir, "val")
-        out["acc_drop_pp_val"] = 100.0 * (metrics.accuracy(logits_NO, labels_N) - metrics.accuracy(y_hat_NO, labels_N))
-        out["kl_val"] = metrics.kl_divergence(logits_NO, y_hat_NO)
+    per_seed = []
+    _, logits_NO, labels_N = load_collected(args.collected_dir, "val")
+    for g in range(sae.n_models):
+        z_hat_ND, a_NF = reconstruct(sae.select(g), z_val_ND)
+        row = {"l0_val": metrics.l0(a_NF), "mse_norm_val": metrics.mse(z_val_ND, z_hat_ND),
+               "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
+        if info["site"] == "logits":
+            y_hat_NO = to_y(z_hat_ND, mean_D, std_D, info["normalize"])
+            row["acc_drop_pp_val"] = 100.0 * (metrics.accuracy(logits_NO, labels_N) - metrics.accuracy(y_hat_NO, labels_N))
+            row["kl_val"] = metrics.kl_divergence(logits_NO, y_hat_NO)
+        per_seed.append(row)
+    out = {"lambda": lam, "lambda_source": source, "seeds": list(plan.seeds), **seed_summary(per_seed)}
     save_torch(args.sae_ckpt, {"sae": sae.to_checkpoint(), "lambda": lam, "lambda_source": source,
-                               "theta_shift": delta, "site": info["site"], "normalize": bool(info["normalize"])})
+                               "seeds": list(plan.seeds), "theta_shift": fitted.theta_shift, "site": info["site"],
+                               "normalize": bool(info["normalize"])})
     out["device"] = device
     write_json(args.metrics_json, out)
-    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))
+    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items() if k != "per_seed"))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ TINY = {
 # keys of later stages, applied only when that section exists in params.yaml
 TINY_OPTIONAL = {
     "sae.epochs": 1,
+    "sae.seeds": 2,
     "sae.batch_size": 16,
     "sae.calibration.num": 4,
     "sae.calibration.refine": 1,
@@ -136,6 +137,11 @@ def make_project(dest: Path, updates: dict | None = None) -> Path:
     dvc(dest, "init", "-q")
     dvc(dest, "config", "core.analytics", "false")
     dvc(dest, "config", "core.autostage", "true")
+    # the page template with vega inlined (scripts/plots_page.py), as .dvc/config names it here
+    shutil.copy2(ROOT / ".dvc" / "plots.html", dest / ".dvc" / "plots.html")
+    dvc(dest, "config", "plots.html_template", "plots.html")
+    if (ROOT / ".dvc" / "plots").is_dir():  # custom vega templates (dvc.yaml's top-level plots use them)
+        shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     params = read_params(dest)
     tiny = dict(TINY)
     for key, value in TINY_OPTIONAL.items():

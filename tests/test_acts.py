@@ -3,6 +3,7 @@ transformer's splice, probes' per-class metrics, and the acts_* stages through t
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -11,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import clone_run, dvc, env, ran_stages, set_params
+from conftest import clone_run, dvc, env, ran_stages, read_params, set_params
 from mnist_sae import metrics
-from mnist_sae.acts import (Activations, SourceSpec, check_finite, load_labels, load_meta, open_activations, parse_source,
-                            split_by_example, stream_batches, to_float32)
+from mnist_sae.acts import (Activations, SourceSpec, check_finite, load_labels, load_meta, open_activations, open_cache,
+                            parse_source, split_by_example, stream_batches, to_float32, write_index, write_planted_source)
+from mnist_sae.acts_eval import truth_metrics
+from mnist_sae.planted import PlantedSpec, generate
+from mnist_sae.sae import SAE, SAEConfig
 from mnist_sae.data import DataError
 from mnist_sae.vit import ViT, ViTConfig, spliced_logits, write_residuals
 
@@ -95,6 +99,44 @@ def test_to_float32_bf16_bits():
     assert to_float32(np.array([0x3F80, 0xC000], np.uint16), bf16=True).tolist() == [1.0, -2.0]
 
 
+def test_planted_source_cache_carries_the_truth(tmp_path):
+    """The planted source writes the generator's rows (bit for bit) and its truth; open_cache reads
+    both back, and the true codes of any rows match the generator's."""
+    spec = PlantedSpec(n_features=12, d=6, p_min=0.05, p_max=0.3)
+    info = write_planted_source(tmp_path, spec, 300, seed=4)
+    splits = split_by_example(np.arange(300), 0.1, 0.2, seed=0)
+    write_index(tmp_path, None, {}, splits, info)
+    cache = open_cache(tmp_path)
+    pl = generate(spec, 300, seed=4)
+    assert cache.info["kind"] == "planted" and cache.labels_R is None and cache.meta == {}
+    assert np.array_equal(cache.acts.rows(np.arange(300)), pl.x_ND)
+    assert np.array_equal(cache.truth.W_true_TD, pl.W_true_TD)
+    rows = splits["test"]
+    c_NT = cache.truth.codes(rows)
+    assert c_NT.shape == (len(rows), 12)
+    assert np.allclose(c_NT @ pl.W_true_TD, pl.x_ND[rows], atol=1e-5)  # no noise: x = c @ W_true
+
+
+def test_truth_metrics_map_atoms_back_to_the_cache_units():
+    """An SAE whose atoms, mapped back through the standardization (std_D * w_f), are the true
+    directions scores MCC 1; comparing the raw decoder rows would not."""
+    spec = PlantedSpec(n_features=4, d=4, p_min=0.2, p_max=0.5)
+    pl = generate(spec, 200, seed=1)
+    std_D = torch.tensor([1.0, 3.0, 0.5, 2.0])
+    sae = SAE(SAEConfig(arch="relu", d_in=4, n_latents=4, aux_k=1), generator=torch.Generator().manual_seed(0))
+    w_FD = torch.from_numpy(pl.W_true_TD) / std_D
+    with torch.no_grad():
+        sae.W_dec_GFD[0] = w_FD / w_FD.norm(dim=1, keepdim=True)
+    from mnist_sae.acts import Truth
+
+    true = Truth(pl.W_true_TD, pl.row_M, pl.col_M, pl.val_M)
+    rows = np.arange(200)
+    a_NF = torch.from_numpy(true.codes(rows))  # latent f fires exactly when feature f does
+    out = truth_metrics(sae, std_D, true, rows, a_NF)
+    assert out["mcc"] == pytest.approx(1.0) and out["recovered"] == 1.0 and out["f1"] == 1.0
+    assert truth_metrics(sae, torch.ones(4), true, rows, a_NF)["mcc"] < 0.99
+
+
 # --- splits and batches ---------------------------------------------------------------------------
 
 
@@ -118,6 +160,52 @@ def test_stream_batches_draw_from_the_given_rows_only():
     batches = list(stream_batches(Activations(x_ND, "x"), rows, 16, 5, np.random.default_rng(0)))
     assert len(batches) == 5 and all(b.shape == (16, 2) and b.dtype == np.float32 for b in batches)
     assert set((np.concatenate(batches)[:, 0] // 2).astype(int)) <= set(rows.tolist())
+
+
+def test_row_subsample_is_seeded_and_exact():
+    from mnist_sae.acts_eval import row_subsample
+
+    assert row_subsample(50, 50, seed=0) is None
+    keep = row_subsample(1000, 37, seed=2)
+    assert keep.dtype == bool and keep.sum() == 37 and np.array_equal(keep, row_subsample(1000, 37, seed=2))
+
+
+def test_row_stats_match_the_in_memory_statistics():
+    from mnist_sae.acts import row_stats
+    from mnist_sae.collect import normalization_stats
+
+    x_ND = (np.random.default_rng(0).normal(size=(1000, 5)) * [1, 2, 3, 1e-5, 5] + 7).astype(np.float16)
+    rows = np.sort(np.random.default_rng(1).choice(1000, 600, replace=False))
+    mean_D, std_D = row_stats(Activations(x_ND, "x"), rows, chunk=97)
+    ref_mean_D, ref_std_D = normalization_stats(x_ND[rows].astype(np.float32))
+    assert np.allclose(mean_D, ref_mean_D, rtol=1e-6) and np.allclose(std_D, ref_std_D, rtol=1e-5)
+    assert std_D[3] == 1.0  # a (nearly) constant dimension is not blown up
+
+
+def test_streaming_from_the_memmap_trains_like_the_in_memory_path(tmp_path):
+    """train_sae with a CacheBatches source (rows gathered from an fp16 memmap per step) gives the
+    in-memory path's model bit for bit when b_dec starts at the same mean: same permutation, same
+    rows, same elementwise standardization."""
+    from mnist_sae.acts_fit import CacheBatches
+    from mnist_sae.collect import to_z
+    from mnist_sae.sae_train import TrainSettings, train_sae
+
+    x_ND = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x_ND)
+    acts = open_activations(parse_source(f"npy:{tmp_path / 'x.npy'}"))
+    rows = np.arange(0, 400, 2)
+    mean_D, std_D = torch.zeros(8) + 0.1, torch.ones(8) * 1.5
+    z_ND = to_z(torch.from_numpy(x_ND[rows].astype(np.float32)), mean_D, std_D, True)
+    source = CacheBatches(acts, rows, mean_D, std_D)
+    source.mean_D = z_ND.mean(0)
+    settings = TrainSettings(epochs=2, batch_size=16, lr_decay=0.2)
+    models = []
+    for z, src in ((z_ND, None), (None, source)):
+        gen = torch.Generator().manual_seed(3)
+        sae = SAE(SAEConfig(arch="topk", d_in=8, n_latents=16, k=3, aux_k=4), generator=gen)
+        train_sae(sae, z, [0.0], settings, gen, batch_source=src)
+        models.append(sae.state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
 
 
 # --- the transformer ------------------------------------------------------------------------------
@@ -174,10 +262,47 @@ def test_cosine_l2_ratio_hand_computed():
     assert metrics.l2_ratio(x, x_hat) == pytest.approx(1.5)
 
 
+# --- the seed-003 recipe: AdamW in the one training loop ----------------------------------------------
+
+
+def test_adamw_option_decays_weights_and_adam_refuses_weight_decay():
+    from mnist_sae.sae_train import TrainSettings, train_sae
+
+    z_ND = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+    cfg = SAEConfig(arch="relu", d_in=8, n_latents=16, aux_k=4)
+
+    def trained(**kw):
+        gen = torch.Generator().manual_seed(1)
+        sae = SAE(cfg, generator=gen)
+        train_sae(sae, z_ND, [1e-3], TrainSettings(epochs=3, batch_size=16, **kw), gen)
+        return sae
+
+    plain, decayed = trained(optimizer="adamw", weight_decay=0.0), trained(optimizer="adamw", weight_decay=0.5)
+    assert decayed.W_enc_GDF.norm() < plain.W_enc_GDF.norm()  # decoupled decay pulls the weights to 0
+    with pytest.raises(ValueError, match="expected adam \\(weight_decay 0\\) or adamw"):
+        trained(optimizer="adam", weight_decay=0.1)
+
+
+def test_seed_recipe_preset_through_dvc(pipeline_run, tmp_path):
+    """The README's preset (ReLU + L1 at a given lambda, AdamW) reruns acts_sae and acts_eval only."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    proc = dvc(project, "exp", "run", "-S", "acts.sae.arch=relu", "-S", "acts.sae.lambda=1.0e-2",
+               "-S", "acts.sae.optimizer=adamw", "-S", "acts.sae.weight_decay=1.0e-2", "-S", "acts.eval.max_rows=100")
+    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params", "headline"]
+    out = json.loads((project / "metrics/acts_sae.json").read_text())
+    assert (out["lambda"], out["lambda_source"], out["optimizer"], out["weight_decay"]) == (1.0e-2, "params", "adamw", 1.0e-2)
+    ev = json.loads((project / "metrics/acts.json").read_text())
+    assert ev["sae"]["arch"] == "relu"
+    # acts.eval.max_rows: every split larger than 100 rows is scored on 100 of them
+    assert ev["rows_scored"] == {k: min(100, v) for k, v in ev["cache"]["split_rows"].items()}
+    assert "Scored on seeded subsamples" in (project / "metrics/ACTS.md").read_text()
+
+
 # --- the stages through dvc ---------------------------------------------------------------------------
 
 ACTS_OUTPUTS = ["metrics/acts_model.json", "metrics/acts_cache.json", "metrics/acts_sae.json", "metrics/acts.json",
-                "metrics/ACTS.md", "plots/acts/per_layer.csv", "plots/acts/usage.png"]
+                "metrics/ACTS.md", "plots/acts/per_layer.csv", "plots/acts/usage.png", "plots/acts/usage_layer.csv",
+                "plots/acts/usage_token.csv", "plots/acts/usage_label.csv"]
 
 
 def test_repro_runs_the_acts_track(pipeline_run):
@@ -189,16 +314,56 @@ def test_repro_runs_the_acts_track(pipeline_run):
         m = out["splits"][split]
         assert {"mse", "mse_norm", "explained_variance", "cosine_similarity", "l2_ratio", "relative_reconstruction_bias",
                 "l0", "dead_fraction", "dense_fraction"} <= set(m) and set(m["per_layer"]) == {"0", "1"}
+        # SAEBench core metrics: head-free per split; per layer, and with CE / KL scores on test
+        assert m["core"]["explained_variance"] == m["explained_variance"] and m["core"]["l0"] == m["l0"]
+        assert "ce_loss_score" not in m["core"]
+        for layer, r in m["per_layer"].items():
+            assert r["core"]["alive_fraction"] == pytest.approx(1 - r["dead_fraction"])
+            assert ("kl_div_score" in r["core"]) == (split == "test"), (split, layer)
+    for layer, s in out["spliced"].items():
+        core = out["splits"]["test"]["per_layer"][layer]["core"]
+        assert core["ce_loss_without_sae"] == s["ce_clean"] and core["ce_loss_with_sae"] == s["ce_spliced"]
+        assert core["kl_div_with_sae"] == s["kl"] and core["kl_div_with_ablation"] > 0 and core["kl_div_score"] <= 1
     assert set(out["probes"]["1"]) == {"codes", "raw"}
     model = json.loads((pipeline_run / "metrics/acts_model.json").read_text())
     assert model["trained"] and 0 <= model["test_acc"] <= 1
-    assert (pipeline_run / "metrics/ACTS.md").read_text().startswith("# Activation cache SAE: transformer")
+    md = (pipeline_run / "metrics/ACTS.md").read_text()
+    assert md.startswith("# Activation cache SAE: transformer") and "## Core metrics (SAEBench)" in md
+    assert "| KL score " in md and "| test / 1 " in md
+
+
+def test_usage_heat_maps_in_dvc_plots(pipeline_run, tmp_path):
+    """The usage CSVs: each top latent's shares over layers / tokens / labels sum to 1 and match
+    its counts; `dvc plots show` renders them with the custom heatmap template."""
+    top = read_params(pipeline_run)["acts"]["eval"]["top_latents"]
+    n_values = {"layer": read_params(pipeline_run)["acts"]["model"]["n_layers"], "token": 17}
+    for name in ("layer", "token", "label"):
+        with open(pipeline_run / f"plots/acts/usage_{name}.csv") as f:
+            rows = list(csv.DictReader(f))
+        latents = list(dict.fromkeys(r["latent"] for r in rows))
+        assert 0 < len(latents) <= top
+        for lat in latents:
+            mine = [r for r in rows if r["latent"] == lat]
+            counts = np.array([int(r["count"]) for r in mine])
+            assert [r[name] for r in mine] == [str(v) for v in range(len(mine))]
+            if name in n_values:
+                assert len(mine) == n_values[name]
+            assert sum(float(r["share"]) for r in mine) == pytest.approx(1.0, abs=1e-5)
+            assert np.allclose([float(r["share"]) for r in mine], counts / counts.sum(), atol=1e-6)
+    project = clone_run(pipeline_run, tmp_path / "p")
+    shown = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
+    for name in ("layer", "token", "label"):
+        (plot,) = shown[f"acts_usage_by_{name}"]
+        spec = plot["content"]
+        assert plot["type"] == "vega" and spec["mark"]["type"] == "rect"
+        assert spec["encoding"]["x"]["field"] == name and spec["encoding"]["y"]["field"] == "latent"
+        assert len(spec["data"]["values"]) == sum(1 for _ in open(project / f"plots/acts/usage_{name}.csv")) - 1
 
 
 def test_acts_param_reruns_only_the_acts_track(pipeline_run, tmp_path):
     project = clone_run(pipeline_run, tmp_path / "p")
     proc = dvc(project, "exp", "run", "-S", "acts.sae.target_l0=3.0")  # topk: k 4 -> 3
-    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params"]
+    assert ran_stages(proc) == ["acts_eval", "acts_sae", "check_params", "headline"]
     assert json.loads((project / "metrics/acts_sae.json").read_text())["l0_val"] == 3.0
 
 
@@ -217,7 +382,8 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     np.savez(user / "meta.npz", example=np.repeat(np.arange(n_ex), n_layer), layer=np.tile(np.arange(n_layer), n_ex))
     set_params(project, {"acts.source": f"npy:{user / 'acts.npy'}", "acts.labels": str(user / "labels.npy"),
                          "acts.meta": str(user / "meta.npz"), "acts.eval.probe_token": None, "acts.sae.n_latents": 16,
-                         "acts.sae.target_l0": 3.0, "acts.sae.aux_k": 4, "acts.sae.arch": "jumprelu"})
+                         "acts.sae.target_l0": 3.0, "acts.sae.aux_k": 4, "acts.sae.arch": "jumprelu",
+                         "acts.per_layer": False})
     proc = dvc(project, "repro", "acts_eval")
     assert "prepare" not in ran_stages(proc) and "acts_sae" in ran_stages(proc)
     assert json.loads((project / "metrics/acts_model.json").read_text())["trained"] is False
@@ -225,6 +391,18 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     out = json.loads((project / "metrics/acts.json").read_text())
     assert out["cache"] == {"kind": "npy", "d": 12, "n_rows": 120, "split_rows": out["cache"]["split_rows"]}
     assert out["spliced"] == {} and set(out["probes"]) == {"0", "1"}
+    assert "kl_div_score" not in out["splits"]["test"]["per_layer"]["0"]["core"]  # no head: the head-free subset
+
+    # per-layer SAEs on layers too small for the batch: one line naming the keys, nothing written
+    set_params(project, {"acts.per_layer": True})
+    before = (project / "metrics/acts_sae.json").read_text()
+    proc = subprocess.run([sys.executable, "-m", "stages.acts_sae", "data/acts/cache", "data/acts/sae.pt",
+                           "metrics/acts_sae.json", "plots/acts_sae"], cwd=project, env=env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: acts.sae.batch_size = 64 (calibration 64): layer 0 has only 42 train "
+                                                "rows; use a smaller batch or acts.per_layer: false"]
+    assert (project / "metrics/acts_sae.json").read_text() == before
+    set_params(project, {"acts.per_layer": False})
 
     bad = x_RD.astype(np.float32)
     bad[5, 2] = np.nan
@@ -238,3 +416,35 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: {user / 'bad.npy'}: 1 rows contain NaN or inf (first: row 5); "
                                                 "only finite values are allowed"]
     assert (project / "metrics/acts_cache.json").read_text() == before
+
+
+def test_planted_source_through_dvc(pipeline_run, tmp_path):
+    """acts.source planted: acts_cache writes the generator's first seed (the same bytes as the
+    planted stage's seed folder), acts_sae trains on it like any cache, acts_eval adds the
+    ground-truth metrics; labels with the planted source stop acts_cache with one line, exit 2."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    set_params(project, {"acts.source": "planted", "acts.sae.epochs": 2, "acts.sae.batch_size": 32,
+                         "acts.sae.target_l0": 2.0})
+    proc = dvc(project, "repro", "acts_eval")
+    assert {"acts_model", "acts_cache", "acts_sae", "acts_eval"} <= set(ran_stages(proc))
+    seed = read_params(project)["planted"]["seeds"][0]
+    assert (project / "data/acts/cache/acts.npy").read_bytes() == (project / f"data/planted/seed{seed}/x.npy").read_bytes()
+    out = json.loads((project / "metrics/acts.json").read_text())
+    assert out["cache"]["kind"] == "planted" and out["probes"] == {} and out["spliced"] == {}
+    t = out["truth"]
+    assert {"mcc", "mmcs", "recovered", "uniqueness", "precision", "recall", "f1"} <= set(t)
+    assert 0 < t["mcc"] <= 1 and 0 <= t["recovered"] <= 1 and 0 <= t["f1"] <= 1 and t["mmcs"] >= t["mcc"] - 1e-9
+    assert t["n_features"] == read_params(project)["planted"]["n_features"]
+    assert "## Ground truth (planted source, test split)" in (project / "metrics/ACTS.md").read_text()
+    print(f"planted source, tiny run: MCC {t['mcc']:.4f}, recovered {t['recovered']:.3f}, F1 {t['f1']:.3f}")
+
+    np.save(tmp_path / "labels.npy", np.zeros(10, np.int64))
+    set_params(project, {"acts.labels": str(tmp_path / "labels.npy")})
+    before = sorted(p.name for p in (project / "data/acts/cache").iterdir())
+    proc = subprocess.run([sys.executable, "-m", "stages.acts_cache", "data/prepared", "data/acts/model.pt",
+                           "data/acts/cache", "metrics/acts_cache.json"], cwd=project, env=env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: acts.labels = '{tmp_path / 'labels.npy'}', meta = None: only for "
+                                                "npy: or raw: sources; the planted source writes its own (set null)"]
+    assert sorted(p.name for p in (project / "data/acts/cache").iterdir()) == before

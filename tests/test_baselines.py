@@ -205,6 +205,9 @@ def test_run_references_reference_methods_only():
         assert r["l0"] == pytest.approx(k), method  # matched sparsity
         assert 0.1 <= r["purity_top"] <= 1.0 and 0.1 <= r["purity_sampled"] <= 1.0
         assert r["mse_norm"] >= 0 and 0 <= r["probe_acc"] <= 1
+        # the core set rides along (metrics.core_metrics through fidelity), y space, zero ablation
+        assert r["core"]["l0"] == r["l0"] and r["core"]["explained_variance"] == r["explained_variance"]
+        assert r["core"]["ce_loss_score"] is not None and r["core"]["kl_div_score"] <= 1
     # more directions never hurt PCA; a class-structured site favours class directions over random
     assert rows[("pca", 2)]["mse_norm"] < rows[("pca", 1)]["mse_norm"]
     assert rows[("class", 1)]["mse_norm"] < rows[("random", 1)]["mse_norm"]
@@ -213,6 +216,7 @@ def test_run_references_reference_methods_only():
     assert set(out) >= {"k1", "k2", "probe_raw_acc"} and "kmeans" in out["k1"]
     json.dumps(out, allow_nan=False)  # no NaN reaches JSON
     md = R.markdown_report(res, {"site": "logits"}, [])
+    assert "| CE score " in md and f"{rows[('pca', 2)]['core']['kl_div_score']:.3f}" in md
     assert "## k = 1" in md and "## k = 2" in md and "lowest normalized MSE" in md
     csvs = R.frontier_csvs(res)
     assert set(csvs) == {f"frontier_{m}.csv" for m in B.METHOD_ORDER}

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mnist_sae import plots
+from mnist_sae import metrics, plots
 from mnist_sae.evaluate import SPLITS, best_results_markdown, evaluate_split
 from mnist_sae.sae import SAE, SAEConfig
 from tests.conftest import ROOT, clone_run, commit_all, dvc, env, set_params
@@ -55,6 +55,10 @@ def test_evaluate_split_exact_reconstruction_through_normalization():
     assert out["l0"] == 2.0 and out["l0_max"] == 3
     assert out["dead_fraction"] == 0.0  # all six signed directions are used at least once
     assert arrays["pred_orig_N"].tolist() == arrays["pred_recon_N"].tolist() == [0, 2, 1, 2]
+    core = out["core"]  # y space; zero ablation at the logit site = uniform softmax over 3 classes
+    assert core["ce_loss_with_ablation"] == pytest.approx(math.log(3))
+    assert core["ce_loss_score"] == pytest.approx(1.0) and core["kl_div_score"] == pytest.approx(1.0)
+    assert core["alive_fraction"] == 1.0 and core["l0"] == 2.0
 
 
 def test_evaluate_split_hidden_site_uses_head_and_raw_space():
@@ -71,6 +75,9 @@ def test_evaluate_split_hidden_site_uses_head_and_raw_space():
     assert arrays["mse_N"].tolist() == [0.5, 2.0]
     assert out["acc_recon"] == 1.0  # relu keeps the winning logit of both examples
     assert out["l0"] == 2.0  # the -e_i latents still fire (their decoder rows are zero)
+    # zero ablation at the hidden site: head(0) = logits 0 here; raw space (no normalization)
+    assert out["core"]["ce_loss_with_ablation"] == pytest.approx(math.log(2))
+    assert out["core"]["mse"] == out["mse_raw"] and out["core"]["l1"] == pytest.approx((1 + 1 + 2 + 3) / 2)
 
 
 def test_plot_rows_by_hand():
@@ -87,11 +94,12 @@ def test_plot_rows_by_hand():
 
 
 def test_best_results_markdown_has_settings_and_both_tables():
-    row = {k: 0.5 for k in FIDELITY_KEYS}
+    row = {k: 0.5 for k in FIDELITY_KEYS} | {"core": {"explained_variance": 0.25, "kl_div_score": float("nan")}}
     md = best_results_markdown({"lambda": 0.123456789, "latents": 32}, {s: row for s in SPLITS})
     assert "| lambda " in md and "0.123457" in md
     assert "## Reconstruction error by split" in md and "## Cross-entropy and accuracy by split" in md
-    assert md.count("| train ") == 2 and md.count("| test ") == 2
+    assert "## Core metrics by split (SAEBench)" in md and "| 0.2500 " in md and "n/a" in md
+    assert md.count("| train ") == 3 and md.count("| test ") == 3
 
 
 # --- the real stage on the tiny synthetic pipeline ----------------------------------------------
@@ -109,8 +117,12 @@ def test_evaluate_writes_every_key(pipeline_run):
     assert set(ev) == {"sae", "device", *SPLITS} and ev["device"] in ("cpu", "cuda")
     assert set(ev["sae"]) == SUMMARY_KEYS
     for split in SPLITS:
-        assert set(ev[split]) == FIDELITY_KEYS, split
-        for key, value in ev[split].items():
+        assert set(ev[split]) == FIDELITY_KEYS | {"core"}, split
+        core = ev[split]["core"]
+        assert set(core) == set(metrics.CORE_KEYS + metrics.CORE_SPARSITY_KEYS + metrics.CORE_DOWNSTREAM_KEYS), split
+        assert core["explained_variance"] == ev[split]["explained_variance"] and core["l0"] == ev[split]["l0"]
+        assert core["alive_fraction"] == pytest.approx(1 - ev[split]["dead_fraction"])
+        for key, value in ((k, v) for k, v in ev[split].items() if k != "core"):
             assert isinstance(value, (int, float)) and not isinstance(value, bool), (split, key)
             assert math.isfinite(value) or key == "ce_recovered", (split, key, value)
         assert 0 <= ev[split]["acc_recon"] <= 1 and ev[split]["mse_norm"] >= 0 and ev[split]["l0"] >= 0
@@ -118,6 +130,7 @@ def test_evaluate_writes_every_key(pipeline_run):
     assert ev["sae"]["calibration_error"] == pytest.approx(abs(ev["val"]["l0"] - ev["sae"]["target_l0"]) / ev["sae"]["target_l0"])
     md = (pipeline_run / "metrics" / "BEST_RESULTS.md").read_text()
     assert f"{ev['test']['ce_recon']:.4f}" in md and f"{ev['val']['mse_norm']:.4f}" in md
+    assert "## Core metrics by split" in md and f"{ev['test']['core']['kl_div_score']:.4f}" in md
     n_val = sum(r["count"] for r in json.loads((pipeline_run / "plots/evaluate/val_l0_hist.json").read_text()))
     assert n_val == sum(r["count"] for r in json.loads((pipeline_run / "plots/evaluate/val_mse_hist.json").read_text()))
     confusion = (pipeline_run / "plots/evaluate/test_confusion.csv").read_text().splitlines()
@@ -130,16 +143,20 @@ def test_metrics_diff_after_lambda_change(pipeline_run, tmp_path):
     new_lambda = before["sae"]["lambda"] * 4
     set_params(project, {"sae.lambda": new_lambda})
     dvc(project, "repro")
-    proc = dvc(project, "metrics", "diff", "--json")
+    # eval.json is a plain output (only metrics/headline.json is under `metrics:`): named with --targets
+    proc = dvc(project, "metrics", "diff", "--targets", "metrics/eval.json", "--json")
     diff = json.loads(proc.stdout)["metrics/eval.json"]
     assert diff["sae.lambda"]["old"] == pytest.approx(before["sae"]["lambda"])
     assert diff["sae.lambda"]["new"] == pytest.approx(new_lambda)
     # a 4x sparsity coefficient changes the reconstruction (L0 may not move: theta_shift pins it)
     assert {"val.mse_norm", "test.ce_recon"} <= set(diff), sorted(diff)
-    text = dvc(project, "metrics", "diff").stdout
+    text = dvc(project, "metrics", "diff", "--targets", "metrics/eval.json").stdout
     assert "sae.lambda" in text and "val.mse_norm" in text
     commit_all(project, "lambda x4")
-    assert json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--json").stdout) == json.loads(proc.stdout)
+    assert json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--targets", "metrics/eval.json", "--json").stdout) \
+        == json.loads(proc.stdout)
+    # the default diff is the headline's: the SAE's val MSE moved with lambda
+    assert "sae.val.mse_norm" in json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--json").stdout)["metrics/headline.json"]
 
 
 def test_bad_evaluate_params_exit_2_and_write_nothing(pipeline_run, tmp_path):

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,7 +125,15 @@ def test_fidelity_logit_site_by_hand():
     assert out["dead_fraction"] == 0.0
     assert out["dense_fraction"] == 1.0
     assert list(out) == sorted(out)
-    assert all(isinstance(v, (int, float)) for v in out.values())
+    assert all(isinstance(v, (int, float)) for k, v in out.items() if k != "core")
+    # core: zero ablation at the logit site = raw logits 0, a uniform softmax: CE = log 2 each
+    core = out["core"]
+    assert core["ce_loss_with_ablation"] == pytest.approx(math.log(2))
+    assert core["ce_loss_without_sae"] == out["ce_orig"] and core["ce_loss_with_sae"] == out["ce_recon"]
+    assert core["ce_loss_score"] == pytest.approx((math.log(2) - ce_recon) / (math.log(2) - ce_orig))
+    assert core["kl_div_with_sae"] == out["kl"]
+    assert core["explained_variance"] == out["explained_variance"] and core["mse"] == out["mse_raw"]
+    assert all(isinstance(v, float) for v in core.values())
 
 
 def test_fidelity_hidden_site_uses_head_and_no_codes():
@@ -143,6 +152,9 @@ def test_fidelity_hidden_site_uses_head_and_no_codes():
     assert out["ce_ablate"] == pytest.approx((math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(0.5))) / 2)
     assert out["mse_norm"] == out["mse_raw"] == pytest.approx(3 / 6)  # no normalization: z = y
     assert "l0" not in out and "dead_fraction" not in out
+    # zero ablation at the hidden site: the head of a zero hidden layer (here logits 0, no bias)
+    assert out["core"]["ce_loss_with_ablation"] == pytest.approx(math.log(2))
+    assert "l0" not in out["core"] and "ce_loss_score" in out["core"]
 
 
 def test_fidelity_rejects_mismatched_shapes():
@@ -150,3 +162,114 @@ def test_fidelity_rejects_mismatched_shapes():
         metrics.fidelity(Y_ND, Y_HAT_ND[:2], torch.zeros(3), Y_ND, lambda y: y, torch.zeros(2))
     with pytest.raises(ValueError, match="both"):
         metrics.fidelity(Y_ND, Y_HAT_ND, torch.zeros(3), Y_ND, lambda y: y, torch.zeros(2), z_ND=Y_ND)
+
+
+# --- SAEBench core metrics against numpy formulas written here, independently ----------------------
+
+# 4 rows, 3 dims, with a large mean (+100 on every dim); 5 latents
+X_NP = np.array([[101.0, 99.0, 100.5], [99.0, 101.0, 99.0], [100.0, 100.0, 102.0], [102.0, 98.5, 100.0]])
+X_HAT_NP = np.array([[100.5, 99.5, 100.0], [99.5, 100.0, 99.5], [100.0, 100.5, 101.0], [101.0, 99.0, 100.5]])
+A_NP = np.array([[0.0, 1.5, 0.0, 0.0, 0.0], [0.0, 0.5, -2.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0, 0.0],
+                 [0.0, 1.0, 0.0, 0.0, 0.0]])
+LOGITS_CLEAN = np.array([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 2.0, 0.5]])
+LOGITS_SAE = np.array([[1.5, 0.0, -0.5], [0.0, 1.0, 0.5], [0.5, 0.0, 2.0], [2.0, 1.0, 0.0]])
+LOGITS_ZERO = np.zeros((4, 3))
+LABELS = np.array([0, 1, 2, 1])
+
+
+def _np_ce(logits, labels):
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def _np_kl(lp, lq):
+    p = np.exp(lp) / np.exp(lp).sum(1, keepdims=True)
+    q = np.exp(lq) / np.exp(lq).sum(1, keepdims=True)
+    return float((p * np.log(p / q)).sum(1).mean())
+
+
+def _core(**kw):
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    return metrics.core_metrics(t(X_NP), t(X_HAT_NP), t(A_NP), **{k: t(v) for k, v in kw.items()})
+
+
+def test_core_reconstruction_metrics_match_numpy():
+    out = _core()
+    sse = ((X_NP - X_HAT_NP) ** 2).sum()
+    sst = ((X_NP - X_NP.mean(axis=0)) ** 2).sum()
+    assert out["explained_variance"] == pytest.approx(1 - sse / sst)
+    assert out["mse"] == pytest.approx(((X_NP - X_HAT_NP) ** 2).mean())
+    cos = [x @ xh / (np.linalg.norm(x) * np.linalg.norm(xh)) for x, xh in zip(X_NP, X_HAT_NP)]
+    assert out["cosine_similarity"] == pytest.approx(np.mean(cos))
+    ratio = [np.linalg.norm(xh) / np.linalg.norm(x) for x, xh in zip(X_NP, X_HAT_NP)]
+    assert out["l2_ratio"] == pytest.approx(np.mean(ratio))
+    gamma = (X_HAT_NP ** 2).sum() / (X_HAT_NP * X_NP).sum()
+    assert out["relative_reconstruction_bias"] == pytest.approx(gamma)
+    assert "ce_loss_score" not in out and "kl_div_score" not in out  # no head given
+
+
+def test_core_explained_variance_is_about_the_mean_not_zero():
+    # the trap of SAELens issue #659: variance taken about zero is ~ sum ||x||^2, huge when the
+    # mean is large, so EV "about zero" is near 1 for a reconstruction no better than the mean
+    x_hat_mean = np.broadcast_to(X_NP.mean(axis=0), X_NP.shape).copy()
+    ev = metrics.core_metrics(torch.from_numpy(X_NP), torch.from_numpy(x_hat_mean))["explained_variance"]
+    ev_about_zero = 1 - ((X_NP - x_hat_mean) ** 2).sum() / (X_NP ** 2).sum()
+    assert ev_about_zero > 0.999
+    assert ev == pytest.approx(0.0, abs=1e-12)
+    # the hand case: about zero it would read 0.99996; about the mean SSE 5 / SST 13.375: 0.626
+    assert _core()["explained_variance"] == pytest.approx(1 - 5.0 / 13.375)
+
+
+def test_core_sparsity_metrics_match_numpy():
+    out = _core()
+    active = A_NP != 0
+    assert out["l0"] == pytest.approx(active.sum(1).mean())  # (1 + 2 + 1 + 1) / 4
+    assert out["l1"] == pytest.approx(np.abs(A_NP).sum(1).mean())  # (1.5 + 2.5 + 3 + 1) / 4
+    freq = active.mean(0)  # [0, 1, 0.25, 0, 0]
+    assert out["alive_fraction"] == pytest.approx((freq > 0).mean()) == pytest.approx(0.4)
+    assert out["freq_over_1_percent"] == pytest.approx((freq > 0.01).mean())
+    assert out["freq_over_10_percent"] == pytest.approx((freq > 0.10).mean())
+    # a latent on 1 of 50 rows (2%) counts over 1%, not over 10%
+    a = torch.zeros(50, 2, dtype=torch.float64)
+    a[0, 0] = 1.0
+    x = torch.randn(50, 3, dtype=torch.float64)
+    few = metrics.core_metrics(x, x, a)
+    assert (few["freq_over_1_percent"], few["freq_over_10_percent"], few["alive_fraction"]) == (0.5, 0.0, 0.5)
+    assert set(metrics.core_metrics(x, x)) == set(metrics.CORE_KEYS)  # no codes: no sparsity keys
+
+
+def test_core_ce_and_kl_scores_match_numpy():
+    out = _core(labels_E=LABELS, logits_clean_EO=LOGITS_CLEAN, logits_sae_EO=LOGITS_SAE, logits_zero_EO=LOGITS_ZERO)
+    ce_clean, ce_sae, ce_zero = (_np_ce(l, LABELS) for l in (LOGITS_CLEAN, LOGITS_SAE, LOGITS_ZERO))
+    assert ce_zero == pytest.approx(np.log(3))  # zero logits: uniform softmax
+    assert out["ce_loss_without_sae"] == pytest.approx(ce_clean)
+    assert out["ce_loss_with_sae"] == pytest.approx(ce_sae)
+    assert out["ce_loss_with_ablation"] == pytest.approx(ce_zero)
+    assert out["ce_loss_score"] == pytest.approx((ce_zero - ce_sae) / (ce_zero - ce_clean))
+    kl_sae, kl_zero = _np_kl(LOGITS_CLEAN, LOGITS_SAE), _np_kl(LOGITS_CLEAN, LOGITS_ZERO)
+    assert out["kl_div_with_sae"] == pytest.approx(kl_sae)
+    assert out["kl_div_with_ablation"] == pytest.approx(kl_zero)
+    assert out["kl_div_score"] == pytest.approx((kl_zero - kl_sae) / kl_zero)
+    assert set(out) == set(metrics.CORE_KEYS + metrics.CORE_SPARSITY_KEYS + metrics.CORE_DOWNSTREAM_KEYS)
+    # a perfect splice scores 1 on both; splicing the ablation itself scores 0
+    same = _core(labels_E=LABELS, logits_clean_EO=LOGITS_CLEAN, logits_sae_EO=LOGITS_CLEAN, logits_zero_EO=LOGITS_ZERO)
+    assert same["ce_loss_score"] == 1.0 and same["kl_div_score"] == 1.0
+    abl = _core(labels_E=LABELS, logits_clean_EO=LOGITS_CLEAN, logits_sae_EO=LOGITS_ZERO, logits_zero_EO=LOGITS_ZERO)
+    assert abl["ce_loss_score"] == 0.0 and abl["kl_div_score"] == 0.0
+
+
+def test_kl_div_score_and_l1_alive_by_hand():
+    assert metrics.kl_div_score(0.1, 0.5) == pytest.approx(0.8)
+    assert math.isnan(metrics.kl_div_score(0.1, 0.0))
+    assert metrics.l1(A_NF) == pytest.approx((2 + 1.5 + 3) / 3)
+    assert metrics.alive_fraction(metrics.latent_frequency(A_NF)) == 0.5
+
+
+def test_core_metrics_rejects_partial_head_and_bad_shapes():
+    x = torch.from_numpy(X_NP)
+    with pytest.raises(ValueError, match="all three"):
+        metrics.core_metrics(x, x, labels_E=torch.from_numpy(LABELS), logits_clean_EO=torch.from_numpy(LOGITS_CLEAN))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.core_metrics(x, x[:2])
+    with pytest.raises(ValueError, match="codes"):
+        metrics.core_metrics(x, x, torch.zeros(3, 5))

@@ -50,10 +50,16 @@ def test_repro_writes_truth_metrics(pipeline_run):
         cell = cells["k2"]
         assert {"mcc", "mmcs", "f1", "recovered", "uniqueness", "l0"} <= set(cell)
         assert 0 <= cell["mcc"]["mean"] <= 1 and len(cell["mcc"]["values"]) == 2
+        # SAEBench core metrics, head-free (no model reads planted activations): no CE / KL scores
+        core = cell["core"]
+        assert {"explained_variance", "mse", "cosine_similarity", "l1", "alive_fraction", "freq_over_1_percent"} <= set(core)
+        assert "ce_loss_score" not in core and "kl_div_score" not in core
+        assert core["l0"]["values"] == cell["l0"]["values"] and len(core["mse"]["values"]) == 2
     head = out["headline"]
     assert head["best_sae"]["method"].startswith("sae_") and head["best_baseline"]["method"] in ("pca", "kmeans", "random")
     assert head["margin"] == pytest.approx(head["best_sae"]["mcc"] - head["best_baseline"]["mcc"])
-    assert (pipeline_run / "metrics/TRUTH.md").read_text().startswith("# Planted ground truth")
+    md = (pipeline_run / "metrics/TRUTH.md").read_text()
+    assert md.startswith("# Planted ground truth") and "Core metrics at L0 = 2" in md
     assert (pipeline_run / "plots/truth/frontier_sae_topk.csv").read_text().splitlines()[0] == "l0,mcc,f1,mcc_std,k"
 
 
@@ -97,11 +103,25 @@ def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):
     proc = dvc(project, "exp", "run", "-S", "sae.lambda=0.12")
     # the reference methods (baselines) do not depend on the main SAE: only the cheap compare step
     # places the new SAE among them; check_params reruns on any params.yaml change (seconds)
-    assert ran_stages(proc) == ["check_params", "compare", "evaluate", "features", "train_sae"]
+    assert ran_stages(proc) == ["check_params", "compare", "evaluate", "features", "headline", "train_sae"]
     assert read_params(project)["sae"]["lambda"] == 0.12
     after = json.loads((project / "metrics/baselines.json").read_text())
     assert {key: v for key, v in after.items() if key != "sae_main"} == {key: v for key, v in before.items() if key != "sae_main"}
     assert after["sae_main"] != before["sae_main"]
+
+
+def test_hidden_site_compares_at_the_main_saes_l0(pipeline_run, tmp_path):
+    """The README's hidden-site study on the tiny pipeline: a target L0 outside baselines.k still
+    gets every reference method at that k, and the report compares the main SAE there."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    dvc(project, "exp", "run", "-S", "collect.site=hidden", "-S", "sae.kl_coef=0.0", "-S", "sae.target_l0=6.0",
+        "-S", "baselines.k=[1, 2]", "-S", "baselines.family=false")
+    out = json.loads((project / "metrics/baselines.json").read_text())
+    assert {"k1", "k2", "k6"} <= set(out)
+    assert {"pca", "kmeans_gain_shape", "random"} <= set(out["k6"]) and "class" in out["k2"]
+    main_l0 = out["sae_main"]["l0"]
+    assert abs(main_l0 - 6.0) < 1.0  # threshold shift on val: near 6 on the eval split too
+    assert "At k = 6:" in (project / "metrics/BASELINES.md").read_text()
 
 
 def test_report_code_change_reruns_only_compare(pipeline_run, tmp_path):
@@ -111,7 +131,8 @@ def test_report_code_change_reruns_only_compare(pipeline_run, tmp_path):
     report_py = project / "mnist_sae/baselines_report.py"
     report_py.write_text(report_py.read_text() + "\n# a wording change\n")
     proc = dvc(project, "repro")
-    assert ran_stages(proc) == ["check_params", "compare"]  # check_params depends on the library folder
+    # check_params depends on the library folder; headline on the matched-L0 rule defined there
+    assert ran_stages(proc) == ["check_params", "compare", "headline"]
 
 
 def test_bad_source_stops_prepare_with_one_line(tiny_project):

@@ -182,6 +182,33 @@ def test_shift_thresholds_meets_target():
         assert hard_l0_G(sae, z_ND).item() == pytest.approx(target, abs=1e-9)
 
 
+def test_shift_thresholds_per_model():
+    z_ND = randn(500, D)
+    sae = make("jumprelu", "sigmoid", n_models=3)
+    with torch.no_grad():
+        sae.b_enc_GF += torch.tensor([[0.0], [0.5], [-0.5]])  # three different models
+    deltas = shift_thresholds_(sae, z_ND, 1.5)
+    assert len(deltas) == 3 and len(set(deltas)) == 3
+    assert torch.allclose(hard_l0_G(sae, z_ND), torch.full((3,), 1.5, dtype=torch.float64), atol=1e-9)
+
+
+@pytest.mark.parametrize("arch,ste", VARIANTS)
+def test_seeds_trained_at_once_match_single_runs(arch, ste):
+    """G seeds in one stacked model (one generator per model) train like G single runs."""
+    z_ND = randn(160, D)
+    settings = TrainSettings(lr=1e-2, epochs=2, batch_size=8, lr_decay=0.2, log_every=10**9)
+    cfg = SAEConfig(arch=arch, ste=ste, d_in=D, n_latents=NF, k=2, aux_k=4)
+    seeds = (3, 4, 5)
+    stacked = SAE(cfg, n_models=3, generator=[torch.Generator().manual_seed(s) for s in seeds])
+    train_sae(stacked, z_ND, [0.05] * 3, settings, [torch.Generator().manual_seed(s) for s in seeds])
+    for g, s in enumerate(seeds):
+        single = SAE(cfg, n_models=1, generator=torch.Generator().manual_seed(s))
+        train_sae(single, z_ND, [0.05], settings, torch.Generator().manual_seed(s))
+        for name, v in single.state_dict().items():
+            assert torch.allclose(stacked.state_dict()[name][g], v[0], atol=1e-5), (name, g)
+    assert not torch.allclose(stacked.W_dec_GFD[0], stacked.W_dec_GFD[1])  # the seeds differ
+
+
 def test_checkpoint_select_and_reconstruct():
     sae = make("jumprelu", "rectangle")
     with torch.no_grad():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_sae import truth
+from mnist_sae import truth, truth_bench
 from mnist_sae.planted import true_directions
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
 from mnist_sae.sae_train import TrainSettings, train_sae
@@ -86,3 +86,17 @@ def test_topk_k1_sae_recovers_orthogonal_one_hot_features(one_thread):
     s = truth.truth_scores(sae.W_dec_GFD[0].detach().numpy(), W_TD, a_NF.numpy(), c_NT)
     assert s["mcc"] >= 0.99, s
     assert s["f1"] >= 0.99, s
+
+
+def test_aggregate_and_report_carry_the_core_metrics():
+    """Rows with a "core" dict: mean and std over seeds per core metric, and a core table per k."""
+    def row(seed, mse):
+        return {"method": "sae_topk", "k": 2, **{m: 0.5 for m in truth_bench.METRICS},
+                "core": {"explained_variance": 0.9 - seed / 10, "mse": mse, "l1": 2.0}}
+    agg = truth_bench.aggregate({0: [row(0, 0.1)], 1: [row(1, 0.3)]})
+    core = agg["sae_topk"]["k2"]["core"]
+    assert core["mse"] == {"mean": pytest.approx(0.2), "std": pytest.approx(0.1), "values": [0.1, 0.3]}
+    assert core["explained_variance"]["mean"] == pytest.approx(0.85)
+    md = truth_bench.markdown_report(agg, {}, [])
+    assert "Core metrics at L0 = 2" in md and "| sae_topk " in md and "0.8500" in md
+    assert "| CE score" not in md  # head-free: the columns no row has are left out
