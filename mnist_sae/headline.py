@@ -5,7 +5,7 @@ asks for first, under stable nested names, and nothing else is computed here (ev
 copied from a file that another stage wrote with mnist_sae/metrics.py):
 
     ffn.test_acc                                    metrics/ffn_sweep.json best.test_acc
-    sae.<split>.{l0, acc_drop_pp, ce_increase,      metrics/eval.json <split> (dAcc in pp, dCE,
+    sae.<val|test>.{l0, acc_drop_pp, ce_increase,   metrics/eval.json <split> (dAcc in pp, dCE,
                mse_norm, dead_fraction}             normalized MSE, dead fraction)
     baselines.k<k>.{reference, sae}.{method,        metrics/baselines.json k<k>: the lowest
                mse_norm}                            mse_norm among matched reference methods
@@ -32,7 +32,7 @@ from mnist_sae.baselines_report import is_matched
 SAE_KEYS = ("l0", "acc_drop_pp", "ce_increase", "mse_norm", "dead_fraction")
 ACTS_KEYS = ("explained_variance", "l0", "dead_fraction")
 SPREAD_SUFFIXES = ("_ci95", "_std")
-SPLITS = ("train", "val", "test")
+SPLITS = ("val", "test")  # the held-out splits; train stays in eval.json (with ci95s, 3 splits were 75 leaves)
 
 
 def _number(v) -> bool:
@@ -107,6 +107,11 @@ def headline(eval_: dict | None = None, ffn_sweep: dict | None = None, baselines
     if isinstance(truth_head, dict) and truth_head:
         out["truth"] = truth_head
     return out
+
+
+def numeric_leaves(d: dict) -> dict:
+    """The leaves that are numbers: what `dvc metrics show` and `dvc exp show` list as columns."""
+    return {k: v for k, v in leaves(d).items() if _number(v)}
 
 
 def leaves(d: dict, prefix: str = "") -> dict:

@@ -219,8 +219,12 @@ def test_splice_without_replacement_is_exact():
         assert r_LBSD.shape == (3, 5, 17, 16)
         for l in range(3):
             assert torch.equal(model.run_from(l, r_LBSD[l]), logits_BO)
-            clean, spliced = spliced_logits(model, x_BI, l, lambda r: r, chunk=2)
+            clean, spliced = spliced_logits(model, x_BI, l, lambda r: r, chunk=5)
             assert torch.equal(clean, logits_BO) and torch.equal(spliced, logits_BO)
+            # in chunks of 2 rows the GEMMs have other shapes: under MKL's COMPATIBLE branch (the
+            # portable pin) their last bits may differ from the whole batch's, nothing more
+            clean, spliced = spliced_logits(model, x_BI, l, lambda r: r, chunk=2)
+            assert torch.equal(clean, spliced) and torch.allclose(spliced, logits_BO, atol=1e-5)
         # replacing the residual does change the output
         assert not torch.allclose(model.run_from(0, torch.zeros_like(r_LBSD[0])), logits_BO)
 

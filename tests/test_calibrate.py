@@ -177,7 +177,9 @@ def test_train_sae_uses_params_lambda_and_bad_params_write_nothing(tmp_path):
     proc = run_stage(project, *TRAIN)  # no calibration.json needed when sae.lambda is a number
     assert proc.returncode == 0, proc.stderr
     out = json.loads((project / "metrics/train_sae.json").read_text())
-    assert out["lambda"] == 0.05 and out["lambda_source"] == "params" and out["theta_shift"] == 0.0
+    assert out["lambda"] == 0.05 and out["lambda_source"] == "params"
+    ckpt = torch.load(project / "data/sae/sae.pt", weights_only=True)
+    assert ckpt["theta_shift"] == [0.0] * len(ckpt["seeds"])  # theta_shift false: no seed shifted
 
     bad = stage_project(tmp_path / "bad", target_l0=64.0)
     for stage in (CAL, TRAIN):

@@ -19,7 +19,7 @@ FIDELITY_KEYS = {
     "ce_recovered", "dead_fraction", "dense_fraction", "explained_variance", "kl", "l0", "l0_max", "mse_ex_best_index",
     "mse_ex_mean", "mse_ex_median", "mse_ex_p95", "mse_ex_worst_index", "mse_norm", "mse_raw",
 }
-SUMMARY_KEYS = {"calibration_error", "dead_fraction_train", "l0_val", "lambda", "n_latents", "target_l0"}
+SUMMARY_KEYS = {"calibration_error", "dead_fraction_train", "l0_val", "lambda", "n_latents", "seeds", "target_l0"}
 EVAL_OUTS = ["metrics/eval.json", "metrics/BEST_RESULTS.md", "plots/evaluate/val_mse_hist.json",
              "plots/evaluate/val_l0_hist.json", "plots/evaluate/test_confusion.csv", "plots/evaluate/evaluation.png"]
 
@@ -117,8 +117,14 @@ def test_evaluate_writes_every_key(pipeline_run):
     assert set(ev) == {"sae", "device", *SPLITS} and ev["device"] in ("cpu", "cuda")
     assert set(ev["sae"]) == SUMMARY_KEYS
     for split in SPLITS:
-        assert set(ev[split]) == FIDELITY_KEYS | {"core"}, split
-        core = ev[split]["core"]
+        # means over seeds, their 95% half-widths where seeds differ, and each seed's own dict
+        assert FIDELITY_KEYS | {"core", "per_seed"} <= set(ev[split]), split
+        assert set(ev[split]) <= FIDELITY_KEYS | {"core", "per_seed"} | {f"{k}_ci95" for k in FIDELITY_KEYS}, split
+        per_seed = ev[split].pop("per_seed")
+        assert len(per_seed) == ev["sae"]["seeds"] >= 2  # the tiny params train 2 seeds
+        assert all(set(row) == FIDELITY_KEYS | {"core"} for row in per_seed)
+        assert ev[split]["mse_norm"] == pytest.approx(sum(r["mse_norm"] for r in per_seed) / len(per_seed))
+        core = {k: v for k, v in ev[split]["core"].items() if not k.endswith("_ci95")}
         assert set(core) == set(metrics.CORE_KEYS + metrics.CORE_SPARSITY_KEYS + metrics.CORE_DOWNSTREAM_KEYS), split
         assert core["explained_variance"] == ev[split]["explained_variance"] and core["l0"] == ev[split]["l0"]
         assert core["alive_fraction"] == pytest.approx(1 - ev[split]["dead_fraction"])

@@ -6,7 +6,7 @@ import sys
 
 
 from conftest import ROOT, dvc
-from mnist_sae.headline import headline, leaves
+from mnist_sae.headline import headline, leaves, numeric_leaves
 
 EVAL = {"sae": {"lambda": 0.5},
         **{s: {"l0": 1.0, "acc_drop_pp": 1.5, "acc_drop_pp_ci95": 0.3, "ce_increase": 0.06, "mse_norm": 0.2,
@@ -35,7 +35,8 @@ def test_headline_picks_values_and_their_spreads():
                          "layer0": {"spliced_acc_drop_pp": 0.75, "probe_acc_codes": 0.84, "probe_acc_raw": 0.88},
                          "layer1": {"spliced_acc_drop_pp": 0.5, "probe_acc_codes": 0.95}}
     assert h["truth"] == TRUTH["headline"]
-    assert leaves(h)["sae.test.mse_norm_std"] == 0.01 and len(leaves(h)) <= 60
+    assert leaves(h)["sae.test.mse_norm_std"] == 0.01 and len(numeric_leaves(h)) <= 60
+    assert "train" not in h["sae"]  # the held-out splits only
 
 
 def test_headline_leaves_out_what_is_missing():
@@ -61,7 +62,7 @@ def test_dvc_metrics_show_lists_only_the_headline(pipeline_run):
     files = {path for rev in shown.values() for path in rev["data"]}
     assert files == {"metrics/headline.json"}, files
     head = json.loads((pipeline_run / "metrics/headline.json").read_text())
-    assert len(leaves(head)) <= 60, sorted(leaves(head))
+    assert len(numeric_leaves(head)) <= 60, sorted(numeric_leaves(head))
     assert {"ffn", "sae", "baselines", "acts", "truth"} <= set(head)
     ev = json.loads((pipeline_run / "metrics/eval.json").read_text())
     assert head["sae"]["test"]["mse_norm"] == ev["test"]["mse_norm"]
