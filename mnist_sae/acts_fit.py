@@ -25,20 +25,7 @@ from mnist_sae.acts import Activations, Cache, row_stats
 from mnist_sae.collect import to_z
 from mnist_sae.fit import FitPlan, fit_sae
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
-from mnist_sae.sae_train import Calibration, TrainSettings
-
-
-@dataclass(frozen=True)
-class Recipe:
-    cfg: SAEConfig
-    settings: TrainSettings  # the final training run
-    calibration_settings: TrainSettings  # each calibration run (jumprelu, relu with lam None)
-    lam: float | None  # sparsity coefficient; None = calibrated on val (topk: unused)
-    target_l0: float  # calibration and threshold-shift target
-    lambdas: tuple[float, ...]  # ascending calibration grid
-    refine: int  # bisection steps after the grid
-    theta_shift: bool  # jumprelu: shift thresholds so the val L0 is target_l0
-    seed: int  # init, batches, calibration
+from mnist_sae.sae_train import Calibration
 
 
 @dataclass
@@ -77,17 +64,18 @@ class CacheBatches:
         return to_z(torch.from_numpy(x_BD), self.x_mean_D, self.std_D, True).to(self.device)
 
 
-def fit_cache_sae(cache: Cache, train_rows_N: np.ndarray, val_rows_N: np.ndarray, r: Recipe, *,
+def fit_cache_sae(cache: Cache, train_rows_N: np.ndarray, val_rows_N: np.ndarray, cfg: SAEConfig, plan: FitPlan, *,
                   device: str = "cpu", on_step=None) -> Fitted:
-    """The recipe (module docstring) on the given rows of the cache (indices into its rows)."""
+    """The recipe (module docstring) on the given rows of the cache (indices into its rows); one
+    seed (plan.seeds of length 1: CacheBatches gathers one batch per step)."""
+    if len(plan.seeds) != 1:
+        raise ValueError(f"fit_cache_sae: one seed per cache SAE, got seeds {plan.seeds}")
     mean_D, std_D = (torch.from_numpy(a) for a in row_stats(cache.acts, train_rows_N))
     train = CacheBatches(cache.acts, train_rows_N, mean_D, std_D, device)
     z_val_ND = to_z(torch.from_numpy(cache.load_rows(val_rows_N)), mean_D, std_D, True)
-    plan = FitPlan(target_l0=r.target_l0, train=r.settings, seeds=(r.seed,), lam=r.lam, lambdas=tuple(r.lambdas),
-                   refine=r.refine, calibration=r.calibration_settings, shift_thresholds=r.theta_shift)
-    sae, fitted = fit_sae(r.cfg, None, z_val_ND, plan, device=device, on_step=on_step, batch_source=train)
-    lam, source, cal, delta = fitted.lam, fitted.lambda_source, fitted.calibration, fitted.theta_shift[0]
+    sae, fitted = fit_sae(cfg, None, z_val_ND, plan, device=device, on_step=on_step, batch_source=train)
     z_hat_ND, a_NF = reconstruct(sae, z_val_ND)
     val = {"l0": metrics.l0(a_NF), "mse_norm": metrics.mse(z_val_ND, z_hat_ND),
            "dead_fraction": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
-    return Fitted(sae, lam, source, delta, mean_D, std_D, cal, val, len(train_rows_N))
+    return Fitted(sae, fitted.lam, fitted.lambda_source, fitted.theta_shift[0], mean_D, std_D, fitted.calibration, val,
+                  len(train_rows_N))

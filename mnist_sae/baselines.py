@@ -187,11 +187,15 @@ def score(method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: b
     return {key: finite_or_none(v) for key, v in row.items()}, {"cos": cos_P, "mag": mag_M}
 
 
-def sae_method(sae):
-    """(reconstruct_fn, W_dec_FD, signed) of a single trained SAE, for `score`."""
+def sae_methods(sae) -> list[tuple]:
+    """[(reconstruct_fn, W_dec_FD, signed)] of each model of a (stacked) trained SAE, in seed
+    order, for `add_scored`."""
     from mnist_sae.sae import reconstruct
 
-    return (lambda z_ND: reconstruct(sae, z_ND)), sae.W_dec_GFD[0].detach(), False
+    def method(one):
+        return (lambda z_ND: reconstruct(one, z_ND)), one.W_dec_GFD[0].detach(), False
+
+    return [method(sae.select(g)) for g in range(sae.n_models)]
 
 
 # --- results and their files ------------------------------------------------------------------

@@ -9,34 +9,36 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_method
+from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_methods
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
 
 
 # --- the reference methods --------------------------------------------------------------------
 
-UNSEEDED = ("pca", "class")  # deterministic fits: one per run, whatever the seed count
-
 
 def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, seed: int, kmeans_n_init: int,
-                           kmeans_max_iter: int, n_classes: int = 10) -> list[tuple[str, int, Dictionary]]:
+                           kmeans_max_iter: int, n_classes: int = 10,
+                           seeded_only: bool = False) -> list[tuple[str, int, Dictionary]]:
     """[(method, k, Dictionary)], all fitted on train: ("kmeans", 1, nearest centroid) first, then
     for each k: PCA top-k, k-means gain-shape, random directions (seeded), class directions (only
-    for k <= n_classes: there are n_classes of them)."""
+    for k <= n_classes: there are n_classes of them). seeded_only: the methods whose fit depends on
+    the seed, without PCA and class directions (deterministic: a further seed would refit them alike)."""
     if max(ks) > min(site.d, n_latents):
         raise ValueError(f"reference_dictionaries: k = {max(ks)} exceeds min(D = {site.d}, n_latents = {n_latents})")
     mean_D = site.z_train_mean_D
-    components_KD, pca_mean_D = fit_pca(site.z_train_ND, max(ks))
     C_FD = fit_kmeans(site.z_train_ND, n_latents, seed, kmeans_n_init, kmeans_max_iter)
     W_rand_FD = random_directions(n_latents, site.d, torch.Generator().manual_seed(seed))
-    W_class_CD = class_directions(site.z_train_ND, site.labels_train_N, mean_D, n_classes)
+    if not seeded_only:
+        components_KD, pca_mean_D = fit_pca(site.z_train_ND, max(ks))
+        W_class_CD = class_directions(site.z_train_ND, site.labels_train_N, mean_D, n_classes)
     out = [("kmeans", 1, kmeans_dictionary(C_FD, mean_D))]
     for k in ks:
-        out += [("pca", k, pca_dictionary(components_KD[:k], pca_mean_D)),
-                ("kmeans_gain_shape", k, topk_dictionary(C_FD - mean_D, mean_D, k)),
+        if not seeded_only:
+            out.append(("pca", k, pca_dictionary(components_KD[:k], pca_mean_D)))
+        out += [("kmeans_gain_shape", k, topk_dictionary(C_FD - mean_D, mean_D, k)),
                 ("random", k, topk_dictionary(W_rand_FD, mean_D, k))]
-        if k <= n_classes:
+        if k <= n_classes and not seeded_only:
             out.append(("class", k, topk_dictionary(W_class_CD, mean_D, k)))
     return out
 
@@ -118,9 +120,8 @@ def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, 
     fits: dict[tuple[str, int], list] = {}  # (method, k) -> [(reconstruct_fn, W_dec_FD, signed)] in seed order
     for s in seed_list:
         for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=s, kmeans_n_init=kmeans_n_init,
-                                                     kmeans_max_iter=kmeans_max_iter):
-            if s == seed or method not in UNSEEDED:
-                fits.setdefault((method, k), []).append((dic.reconstruct, dic.W_dec_FD, dic.signed))
+                                                     kmeans_max_iter=kmeans_max_iter, seeded_only=s != seed):
+            fits.setdefault((method, k), []).append((dic.reconstruct, dic.W_dec_FD, dic.signed))
     for (method, k), method_fits in fits.items():
         add_scored(res, method, k, method_fits, **kw)
     if family is not None:
@@ -128,5 +129,5 @@ def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, 
             for variant in family_variants(site_is_logits):
                 sae, info = train_family_member(variant, k, site, base_cfg, family, seed_list, device)
                 res.family[f"{variant}@{k}"] = info
-                add_scored(res, variant, k, [sae_method(sae.select(g)) for g in range(sae.n_models)], **kw)
+                add_scored(res, variant, k, sae_methods(sae), **kw)
     return res

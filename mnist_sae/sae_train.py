@@ -127,8 +127,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             a_GBF, penalty_GB = sae.activate(u_GBF)
             z_hat_GBD = sae.decode(a_GBF)
             aux_hat_GBD = None
+            fired_GF = (a_GBF.detach() != 0).any(1) if use_aux or settings.resample_every else None
             if use_aux:
-                fired_GF = (a_GBF.detach() != 0).any(1)
                 idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
                 aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
             step_coef_G = coef_G if step >= warm_steps else coef_G * ((step + 1) / warm_steps)
@@ -142,7 +142,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             sae.normalize_decoder_()
             step += 1
             if settings.resample_every:
-                fired_window_GF |= (a_GBF.detach() != 0).any(1)
+                fired_window_GF |= fired_GF
                 if step % settings.resample_every == 0 and step <= decay_from:
                     resample_dead_(sae, opt, ~fired_window_GF, gather, n, gens)
                     fired_window_GF.zero_()
@@ -195,6 +195,8 @@ def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, 
     threshold its mean over live latents; Adam's moments of the touched entries are reset.
     Returns the number of latents resampled."""
     G = sae.n_models
+    jumprelu = sae.cfg.arch == "jumprelu"
+    touched = (sae.W_dec_GFD, sae.W_enc_GDF, sae.b_enc_GF) + ((sae.log_theta_GF,) if jumprelu else ())
     total = 0
     for g in range(G):
         dead_F = dead_GF[g]
@@ -217,9 +219,9 @@ def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, 
         sae.W_dec_GFD[g, dead_idx] = dirs_KD
         sae.W_enc_GDF[g][:, dead_idx] = dirs_KD.T * 0.2 * live_norm
         sae.b_enc_GF[g, dead_idx] = 0.0
-        if hasattr(sae, "log_theta_GF"):
+        if jumprelu:
             sae.log_theta_GF[g, dead_idx] = sae.log_theta_GF[g][~dead_F].mean()
-        for p in (sae.W_dec_GFD, sae.W_enc_GDF, sae.b_enc_GF) + ((sae.log_theta_GF,) if hasattr(sae, "log_theta_GF") else ()):
+        for p in touched:
             state = opt.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:

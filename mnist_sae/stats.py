@@ -27,12 +27,9 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
 
 
 def seed_summary(per_seed: list[dict]) -> dict:
-    """aggregate_rows over the seeds' dicts (means, key_ci95 half-widths, nested dicts alike),
+    """_mean_over_seeds of the seeds' dicts (means, key_ci95 half-widths, nested dicts alike),
     plus "per_seed": the dicts themselves."""
-    out = aggregate_rows(per_seed)
-    del out["seeds"]
-    out["per_seed"] = per_seed
-    return out
+    return {**_mean_over_seeds(per_seed), "per_seed": per_seed}
 
 
 def separated(mean_a: float, hw_a: float | None, mean_b: float, hw_b: float | None) -> bool:
@@ -42,16 +39,20 @@ def separated(mean_a: float, hw_a: float | None, mean_b: float, hw_b: float | No
 
 
 def aggregate_rows(rows: list[dict]) -> dict:
-    """One row from the same method scored once per seed: every numeric key becomes its mean over
-    seeds, with key_ci95 beside it when there are 2+ seeds and the values differ; values equal in
-    every row (integers such as n_latents, strings, None) are kept as they are; "seeds" counts
+    """One row from the same method scored once per seed: _mean_over_seeds, and "seeds" counts
     the rows."""
+    return {**_mean_over_seeds(rows), "seeds": len(rows)}
+
+
+def _mean_over_seeds(rows: list[dict]) -> dict:
+    """Every numeric key becomes its mean over the rows, with key_ci95 beside it when there are
+    2+ rows and the values differ; values equal in every row (integers such as n_latents,
+    strings, None) are kept as they are; nested dicts (e.g. "core") follow the same rule."""
     out = {}
     for key, first in rows[0].items():
         vals = [r.get(key) for r in rows]
-        if isinstance(first, dict) and all(isinstance(v, dict) for v in vals):  # nested (e.g. "core"): the same rule inside
-            out[key] = aggregate_rows(vals)
-            del out[key]["seeds"]
+        if isinstance(first, dict) and all(isinstance(v, dict) for v in vals):
+            out[key] = _mean_over_seeds(vals)
             continue
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
         if not numeric or all(v == first for v in vals):
@@ -61,5 +62,4 @@ def aggregate_rows(rows: list[dict]) -> dict:
         out[key] = mean
         if hw is not None:
             out[f"{key}_ci95"] = hw
-    out["seeds"] = len(rows)
     return out

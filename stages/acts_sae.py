@@ -6,7 +6,8 @@ acts.sae is the MNIST track's SAE section in its own place; the recipe is
 mnist_sae.acts_fit.fit_cache_sae: the input standardized per dimension with the train rows' mean
 and std, z = (x - mean) / std; lambda from acts.sae.lambda, or (null, jumprelu / relu) calibrated
 on val to acts.sae.target_l0 as in the calibrate stage; trained by train_sae; JumpReLU threshold
-shift. The train and val rows are read into memory (float32).
+shift. The train rows stream from the memmap (mnist_sae.acts_fit.CacheBatches); the val rows are read
+into memory (float32).
 
 acts.per_layer (caches with a layer column): also one SAE per layer, the same recipe on that
 layer's train / val rows only (its own standardization and, where calibrated, its own lambda),
@@ -22,7 +23,8 @@ import argparse
 import numpy as np
 
 from mnist_sae.acts import open_cache
-from mnist_sae.acts_fit import Recipe, fit_cache_sae
+from mnist_sae.acts_fit import fit_cache_sae
+from mnist_sae.fit import FitPlan
 from mnist_sae.sae_train import lambda_grid
 from stages._acts_params import start_acts_stage
 from stages._common import ParamError, run, save_torch, write_json
@@ -48,10 +50,10 @@ def main():
     p, device = start_acts_stage(lambda p: p.sae.seed)
     s, c = p.sae, p.sae.calibration
     cache = open_cache(args.cache_dir)
-    recipe = Recipe(cfg=s.config(cache.acts.d), settings=p.sae_settings(s.epochs, s.batch_size),
-                    calibration_settings=p.sae_settings(c.epochs, c.batch_size), lam=s.lam, target_l0=s.target_l0,
-                    lambdas=tuple(lambda_grid(c.lambda_min, c.lambda_max, c.num)), refine=c.refine,
-                    theta_shift=s.theta_shift, seed=s.seed)
+    cfg = s.config(cache.acts.d)
+    plan = FitPlan(target_l0=s.target_l0, train=p.sae_settings(s.epochs, s.batch_size), seeds=(s.seed,), lam=s.lam,
+                   lambdas=tuple(lambda_grid(c.lambda_min, c.lambda_max, c.num)), refine=c.refine,
+                   calibration=p.sae_settings(c.epochs, c.batch_size), shift_thresholds=s.theta_shift)
     train, val = cache.splits["train"], cache.splits["val"]
     layers = np.unique(cache.meta["layer"]).tolist() if p.per_layer and "layer" in cache.meta else []
     batch = max(s.batch_size, c.batch_size if s.arch != "topk" and s.lam is None else 0)
@@ -60,12 +62,12 @@ def main():
             raise ParamError(f"acts.sae.batch_size = {s.batch_size} (calibration {c.batch_size}): {what} has only {n} "
                              f"train rows; use a smaller batch" + (" or acts.per_layer: false" if what != "the cache" else ""))
     with training_curves(args.curves_dir, CURVES) as on_step:
-        fit = fit_cache_sae(cache, train, val, recipe, device=device, on_step=on_step)
+        fit = fit_cache_sae(cache, train, val, cfg, plan, device=device, on_step=on_step)
     out = {**summary(fit), "optimizer": p.sae_opt.optimizer, "weight_decay": p.sae_opt.weight_decay, "device": device,
            "per_layer": {}}
     ckpt = {**fit.checkpoint(), "per_layer": {}}
     for l in layers:
-        f = fit_cache_sae(cache, train[cache.meta["layer"][train] == l], val[cache.meta["layer"][val] == l], recipe,
+        f = fit_cache_sae(cache, train[cache.meta["layer"][train] == l], val[cache.meta["layer"][val] == l], cfg, plan,
                           device=device)
         out["per_layer"][str(l)], ckpt["per_layer"][str(l)] = summary(f), f.checkpoint()
         print(f"layer {l} SAE: val L0 {f.val['l0']:.4g}, norm. MSE {f.val['mse_norm']:.4g}, "

@@ -51,7 +51,7 @@ def main():
     with threadpool_limits(1):
         # k = 0: scored at its own L0, not matched to a k
         sae = SAE.from_checkpoint(ckpt["sae"]).eval()  # one model per seed: the row is their mean and interval
-        baselines.add_scored(res, "sae_main", 0, [baselines.sae_method(sae.select(g)) for g in range(sae.n_models)], site,
+        baselines.add_scored(res, "sae_main", 0, baselines.sae_methods(sae), site,
                              top_n=p.top_n, seed=p.seed,
                              probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed))
 
