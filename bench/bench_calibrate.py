@@ -19,16 +19,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnist_sae.sae import SAE  # noqa: E402
-from mnist_sae.sae_train import lambda_grid, load_site, train_sae  # noqa: E402
+from mnist_sae.collect import load_space, load_z  # noqa: E402
+from mnist_sae.sae_train import lambda_grid, train_sae  # noqa: E402
+from mnist_sae.space import InputSpace  # noqa: E402
 from stages._common import read_params_file  # noqa: E402
 from stages._sae_params import load_sae_params  # noqa: E402
 
 
-def timed_run(cfg, z_ND, lambdas, settings, seed, stats) -> float:
+def timed_run(cfg, z_ND, lambdas, settings, seed, space) -> float:
     gen = torch.Generator().manual_seed(seed)
     sae = SAE(cfg, n_models=len(lambdas), generator=gen)
     t0 = time.perf_counter()
-    train_sae(sae, z_ND, lambdas, settings, gen, mean_D=stats[0], std_D=stats[1])
+    train_sae(sae, z_ND, lambdas, settings, gen, space=space)
     return time.perf_counter() - t0
 
 
@@ -45,19 +47,20 @@ def main():
     c = p.calibration
     n = args.steps * c.batch_size
     if (Path(args.collected) / "info.json").exists():
-        z_ND, info, mean_D, std_D = load_site(args.collected, "train")
+        info, space = load_space(args.collected)
+        z_ND = load_z(args.collected, "train", space)
         source = f"{args.collected} ({info['site']})"
     else:
         z_ND, source = torch.randn(n, 10, generator=torch.Generator().manual_seed(0)), "Gaussian z, D = 10"
-        mean_D, std_D = torch.zeros(10), torch.ones(10)
+        space = InputSpace.identity(10)
     z_ND = z_ND[:n]
     grid = lambda_grid(c.lambda_min, c.lambda_max, c.num)
     cfg = p.config(z_ND.shape[1])
     settings = p.settings(epochs=1, batch_size=c.batch_size)
-    timed_run(cfg, z_ND[:50 * c.batch_size], grid, settings, p.seed, (mean_D, std_D))  # warm-up (allocator, first-call costs)
+    timed_run(cfg, z_ND[:50 * c.batch_size], grid, settings, p.seed, space)  # warm-up (allocator, first-call costs)
 
-    batched = timed_run(cfg, z_ND, grid, settings, p.seed, (mean_D, std_D))
-    serial = sum(timed_run(cfg, z_ND, [lam], settings, p.seed, (mean_D, std_D)) for lam in grid)
+    batched = timed_run(cfg, z_ND, grid, settings, p.seed, space)
+    serial = sum(timed_run(cfg, z_ND, [lam], settings, p.seed, space) for lam in grid)
     steps = z_ND.shape[0] // c.batch_size
     print(f"data: {source}; arch {cfg.arch} ({cfg.ste}), {cfg.n_latents} latents; grid of {len(grid)} lambdas, "
           f"{steps} steps of batch {c.batch_size} each; kl_coef {settings.kl_coef}; {args.threads} thread(s)")

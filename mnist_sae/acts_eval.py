@@ -20,9 +20,9 @@ import torch
 from mnist_sae import metrics, truth
 from mnist_sae.acts import Cache, Truth
 from mnist_sae.baselines import fit_probe
-from mnist_sae.collect import to_y, to_z
 from mnist_sae.evaluate import CORE_NOTE, core_table
 from mnist_sae.sae import SAE, reconstruct
+from mnist_sae.space import InputSpace
 
 
 class SplitRecon:
@@ -33,9 +33,10 @@ class SplitRecon:
         """keep_N (bool over the split's rows): only those rows (e.g. one layer's)."""
         self.rows_N = cache.splits[split] if keep_N is None else cache.splits[split][keep_N]
         self.x_ND = torch.from_numpy(cache.load_rows(self.rows_N))
-        self.z_ND = to_z(self.x_ND, mean_D, std_D, True)
+        space = InputSpace(mean_D, std_D, True)
+        self.z_ND = space.to_z(self.x_ND)
         self.z_hat_ND, self.a_NF = (t.cpu() for t in reconstruct(sae, self.z_ND))  # the SAE may sit on CUDA
-        self.x_hat_ND = to_y(self.z_hat_ND, mean_D, std_D, True)
+        self.x_hat_ND = space.to_y(self.z_hat_ND)
 
     def metrics(self, centre_D: torch.Tensor, dense_threshold: float, keep_N: np.ndarray | None = None) -> dict:
         if keep_N is None:
@@ -53,9 +54,11 @@ class SplitRecon:
 
 def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
     """r_BSD -> the SAE's reconstruction of every token's residual, in the residual's units."""
+    space = InputSpace(mean_D, std_D, True)
+
     def replace(r_BSD: torch.Tensor) -> torch.Tensor:
-        z_hat_ND = reconstruct(sae, to_z(r_BSD.reshape(-1, r_BSD.shape[-1]), mean_D, std_D, True))[0].cpu()
-        return to_y(z_hat_ND, mean_D, std_D, True).reshape(r_BSD.shape)
+        z_hat_ND = reconstruct(sae, space.to_z(r_BSD.reshape(-1, r_BSD.shape[-1])))[0].cpu()
+        return space.to_y(z_hat_ND).reshape(r_BSD.shape)
     return replace
 
 

@@ -22,10 +22,10 @@ import torch
 
 from mnist_sae import metrics
 from mnist_sae.acts import Activations, Cache, row_stats
-from mnist_sae.collect import to_z
 from mnist_sae.fit import FitPlan, fit_sae
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
 from mnist_sae.sae_train import Calibration
+from mnist_sae.space import InputSpace
 
 
 @dataclass
@@ -52,16 +52,16 @@ class CacheBatches:
 
     def __init__(self, acts: Activations, rows_N: np.ndarray, mean_D: torch.Tensor, std_D: torch.Tensor,
                  device: str = "cpu"):
-        self.acts, self.rows_N, self.x_mean_D, self.std_D, self.device = acts, rows_N, mean_D, std_D, device
+        self.acts, self.rows_N, self.space, self.device = acts, rows_N, InputSpace(mean_D, std_D, True), device
         self.n_rows = len(rows_N)
-        self.mean_D = torch.zeros(acts.d)  # the mean of z over these rows (exactly 0 up to rounding): b_dec's start
+        self.z_mean_D = torch.zeros(acts.d)  # the mean of z over these rows (exactly 0 up to rounding): b_dec's start
 
     def gather(self, idx_B: torch.Tensor) -> torch.Tensor:
         r_B = self.rows_N[idx_B.cpu().numpy()]
         order_B = np.argsort(r_B, kind="stable")
         x_BD = np.empty((len(r_B), self.acts.d), dtype=np.float32)
         x_BD[order_B] = self.acts.rows(r_B[order_B])
-        return to_z(torch.from_numpy(x_BD), self.x_mean_D, self.std_D, True).to(self.device)
+        return self.space.to_z(torch.from_numpy(x_BD)).to(self.device)
 
 
 def fit_cache_sae(cache: Cache, train_rows_N: np.ndarray, val_rows_N: np.ndarray, cfg: SAEConfig, plan: FitPlan, *,
@@ -72,7 +72,7 @@ def fit_cache_sae(cache: Cache, train_rows_N: np.ndarray, val_rows_N: np.ndarray
         raise ValueError(f"fit_cache_sae: one seed per cache SAE, got seeds {plan.seeds}")
     mean_D, std_D = (torch.from_numpy(a) for a in row_stats(cache.acts, train_rows_N))
     train = CacheBatches(cache.acts, train_rows_N, mean_D, std_D, device)
-    z_val_ND = to_z(torch.from_numpy(cache.load_rows(val_rows_N)), mean_D, std_D, True)
+    z_val_ND = train.space.to_z(torch.from_numpy(cache.load_rows(val_rows_N)))
     sae, fitted = fit_sae(cfg, None, z_val_ND, plan, device=device, on_step=on_step, batch_source=train)
     z_hat_ND, a_NF = reconstruct(sae, z_val_ND)
     val = {"l0": metrics.l0(a_NF), "mse_norm": metrics.mse(z_val_ND, z_hat_ND),

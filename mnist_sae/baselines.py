@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from mnist_sae import metrics
-from mnist_sae.collect import to_y, to_z
 from mnist_sae.dictionaries import nonnegative_atoms
+from mnist_sae.space import InputSpace
 from mnist_sae.stats import aggregate_rows
 
 # every method's name, in report order: the reference dictionaries, the SAE family at each k, and
@@ -35,10 +35,9 @@ METHOD_ORDER = ("pca", "kmeans", "kmeans_gain_shape", "random", "class") + FAMIL
 
 @dataclass(frozen=True)
 class SiteData:
-    """What fitting and scoring need at one site. z = (y - mean_D) / std_D when `normalize`, else
-    z = y. mean_D/std_D are the train statistics of y (collect stage); mean_D is also the
-    mean-ablation vector of CE recovered. to_logits maps y [B, D] to logits [B, O] (identity at
-    the logit site, the FFN head at the hidden site). Methods are fitted on train, SAE lambdas
+    """What fitting and scoring need at one site. z = space.to_z(y); space.y_mean_D (the train mean
+    of y) is also the mean-ablation vector of CE recovered. to_logits maps y [B, D] to logits
+    [B, O] (identity at the logit site, the FFN head at the hidden site). Methods are fitted on train, SAE lambdas
     calibrated on val, everything scored on the eval split.
     """
 
@@ -48,13 +47,8 @@ class SiteData:
     z_eval_ND: torch.Tensor
     labels_eval_N: torch.Tensor
     logits_eval_NO: torch.Tensor
-    mean_D: torch.Tensor
-    std_D: torch.Tensor
-    normalize: bool
+    space: InputSpace
     to_logits: Callable[[torch.Tensor], torch.Tensor]
-
-    def to_y(self, z_ND: torch.Tensor) -> torch.Tensor:
-        return to_y(z_ND, self.mean_D, self.std_D, self.normalize)
 
     @property
     def d(self) -> int:
@@ -67,19 +61,20 @@ class SiteData:
         return self.z_train_ND.double().mean(0).float()
 
 
-def make_site(load_split: Callable, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool,
-              eval_split: str, to_logits: Callable) -> SiteData:
+def make_site(load_split: Callable, space: InputSpace, eval_split: str, to_logits: Callable) -> SiteData:
     """SiteData from `load_split(split) -> (y_ND, logits_NO, labels_N)` (collect.load_collected)."""
+    space = InputSpace(space.y_mean_D.float(), space.y_std_D.float(), space.normalize)
+
     def z(y_ND):
-        if y_ND.ndim != 2 or y_ND.shape[1] != mean_D.shape[0]:
-            raise ValueError(f"make_site: activations {tuple(y_ND.shape)} do not match the {mean_D.shape[0]}-d stats")
-        return to_z(y_ND.float(), mean_D, std_D, normalize)
+        if y_ND.ndim != 2 or y_ND.shape[1] != space.d:
+            raise ValueError(f"make_site: activations {tuple(y_ND.shape)} do not match the {space.d}-d input space")
+        return space.to_z(y_ND.float())
 
     y_train, _, labels_train = load_split("train")
     y_val, _, _ = load_split("val")
     y_eval, logits_eval, labels_eval = load_split(eval_split)
     return SiteData(z(y_train), labels_train.long(), z(y_val), z(y_eval), labels_eval.long(),
-                    logits_eval.float(), mean_D.float(), std_D.float(), normalize, to_logits)
+                    logits_eval.float(), space, to_logits)
 
 
 # --- sparse probing ---------------------------------------------------------------------------
@@ -162,10 +157,11 @@ def score(method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: b
     z_hat_ND, a_NF = reconstruct_fn(site.z_eval_ND)
     _, a_train_NF = reconstruct_fn(site.z_train_ND)
     row = {"method": method, "k": k, "n_latents": int(a_NF.shape[1])}
-    row.update(metrics.fidelity(site.to_y(site.z_eval_ND), site.to_y(z_hat_ND), site.labels_eval_N,
-                                site.logits_eval_NO, site.to_logits, site.mean_D,
-                                z_ND=site.z_eval_ND if site.normalize else None,
-                                z_hat_ND=z_hat_ND if site.normalize else None, a_NF=a_NF))
+    space = site.space
+    row.update(metrics.fidelity(space.to_y(site.z_eval_ND), space.to_y(z_hat_ND), site.labels_eval_N,
+                                site.logits_eval_NO, site.to_logits, space.y_mean_D,
+                                z_ND=site.z_eval_ND if space.normalize else None,
+                                z_hat_ND=z_hat_ND if space.normalize else None, a_NF=a_NF))
     row["dead_fraction_train"] = metrics.dead_fraction(metrics.latent_frequency(a_train_NF))
     atoms_NA = nonnegative_atoms(a_NF, signed)
     top_A = metrics.top_activation_purity(atoms_NA, site.labels_eval_N, top_n)

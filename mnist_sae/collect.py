@@ -10,6 +10,7 @@ import torch
 
 from mnist_sae.data import DataError
 from mnist_sae.ffn import FFN, pixels_to_float
+from mnist_sae.space import InputSpace
 
 SITES = ("logits", "hidden")
 
@@ -48,17 +49,6 @@ def normalization_stats(acts_ND: np.ndarray, min_std: float = 1e-3) -> tuple[np.
     return mean_D.astype(np.float32), std_D.astype(np.float32)
 
 
-def to_z(y_ND: torch.Tensor, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """The SAE's input space: z = (y - mean) / std with the train statistics when `normalize`,
-    else z = y."""
-    return (y_ND - mean_D) / std_D if normalize else y_ND
-
-
-def to_y(z_ND: torch.Tensor, mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """Back to the FFN's units, the inverse of `to_z`: y = z * std + mean when `normalize`, else y = z."""
-    return z_ND * std_D + mean_D if normalize else z_ND
-
-
 # --- reading the collect stage's folder --------------------------------------------------------
 # {split}_acts.npy (raw site activations), {split}_logits.npy, {split}_labels.npy, mean_D.npy,
 # std_D.npy, info.json (site, d, normalize): one reader for every stage downstream of collect.
@@ -70,9 +60,9 @@ def _require(paths) -> None:
             raise DataError(f"{p}: not found; run `dvc repro collect`")
 
 
-def load_stats(collected_dir) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(info, mean_D, std_D): site, width, normalize flag and the train split's per-dimension mean
-    and std (float32)."""
+def load_space(collected_dir) -> tuple[dict, InputSpace]:
+    """(info, space): info.json (site, width d, normalize flag) and the SAE's input space built from
+    the train split's per-dimension mean and std (float32) and that flag."""
     d = Path(collected_dir)
     _require([d / "info.json", d / "mean_D.npy", d / "std_D.npy"])
     info = json.loads((d / "info.json").read_text())
@@ -80,7 +70,7 @@ def load_stats(collected_dir) -> tuple[dict, torch.Tensor, torch.Tensor]:
     std_D = torch.from_numpy(np.load(d / "std_D.npy").astype(np.float32))
     if mean_D.shape != (info["d"],) or std_D.shape != (info["d"],):
         raise DataError(f"{d}: mean/std of shape {tuple(mean_D.shape)}, {tuple(std_D.shape)} do not match d = {info['d']}")
-    return info, mean_D, std_D
+    return info, InputSpace(mean_D, std_D, bool(info["normalize"]))
 
 
 def open_split(collected_dir, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,6 +87,11 @@ def open_split(collected_dir, split: str) -> tuple[np.ndarray, np.ndarray, np.nd
         raise DataError(f"{d}/{split}_*.npy: expected acts [N, {width}], logits [N, O], labels [N] with one N, "
                         f"got {acts_ND.shape}, {logits_NO.shape}, {labels_N.shape}")
     return acts_ND, logits_NO, labels_N
+
+
+def load_z(collected_dir, split: str, space: InputSpace) -> torch.Tensor:
+    """The SAE's input z_ND (float32) of one split, read into memory."""
+    return space.to_z(load_collected(collected_dir, split)[0])
 
 
 def load_collected(collected_dir, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -2,9 +2,9 @@
 lay the numbers out as the original write-up's two tables (BEST_RESULTS.md, README) plus SAEBench's
 core metrics (`core_table`, also used by the ACTS.md and TRUTH.md reports).
 
-The SAE sees z = (y - mu) / sigma (train mean and std per dimension) when the site is normalized,
-else z = y; its reconstruction goes back to the FFN's units as y_hat = z_hat * sigma + mu, and the
-FFN's decision is read from y_hat directly (logit site) or from head(y_hat) (hidden site).
+The SAE sees z = space.to_z(y) (mnist_sae.space: standardized by the train statistics when the
+site is normalized, else z = y); its reconstruction goes back to the FFN's units as
+y_hat = space.to_y(z_hat), and the FFN's decision is read from y_hat directly (logit site) or from head(y_hat) (hidden site).
 """
 
 from __future__ import annotations
@@ -15,36 +15,34 @@ import torch
 from tabulate import tabulate
 
 from mnist_sae import metrics
-from mnist_sae.collect import to_y, to_z
 from mnist_sae.sae import SAE, reconstruct
+from mnist_sae.space import InputSpace
 
 SPLITS = ("train", "val", "test")
 
 
 @torch.no_grad()
 def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels_N: torch.Tensor,
-                   mean_D: torch.Tensor, std_D: torch.Tensor, normalize: bool,
-                   to_logits: Callable[[torch.Tensor], torch.Tensor], dense_threshold: float = 0.1,
+                   space: InputSpace, to_logits: Callable[[torch.Tensor], torch.Tensor], dense_threshold: float = 0.1,
                    chunk: int = 4096) -> tuple[dict, dict]:
     """(metrics, arrays) of one split.
 
-    metrics: metrics.fidelity's flat dict (ablation = mean_D, the train mean of y) with its "core"
+    metrics: metrics.fidelity's flat dict (ablation = space.y_mean_D, the train mean of y) with its "core"
              dict (metrics.core_metrics in y space, zero ablation).
     arrays:  mse_N (per-example normalized MSE), l0_N (active latents per example),
              pred_orig_N, pred_recon_N (the FFN's class from y and from y_hat), all on CPU.
     """
     y_ND = y_ND.float().cpu()
-    mean_D, std_D = mean_D.float().cpu(), std_D.float().cpu()
-    if y_ND.ndim != 2 or mean_D.shape != (y_ND.shape[1],) or std_D.shape != mean_D.shape:
-        raise ValueError(f"evaluate_split: activations {tuple(y_ND.shape)} do not match "
-                         f"mean {tuple(mean_D.shape)}, std {tuple(std_D.shape)}")
-    z_ND = to_z(y_ND, mean_D, std_D, normalize)
+    space = InputSpace(space.y_mean_D.float().cpu(), space.y_std_D.float().cpu(), space.normalize)
+    if y_ND.ndim != 2 or y_ND.shape[1] != space.d:
+        raise ValueError(f"evaluate_split: activations {tuple(y_ND.shape)} do not match the {space.d}-d input space")
+    z_ND = space.to_z(y_ND)
     z_hat_ND, a_NF = reconstruct(sae, z_ND, chunk=chunk)
     z_hat_ND, a_NF = z_hat_ND.cpu(), a_NF.cpu()
-    y_hat_ND = to_y(z_hat_ND, mean_D, std_D, normalize)
+    y_hat_ND = space.to_y(z_hat_ND)
     logits_NO, labels_N = logits_NO.float().cpu(), labels_N.long().cpu()
-    out = metrics.fidelity(y_ND, y_hat_ND, labels_N, logits_NO, to_logits, mean_D,
-                           z_ND=z_ND if normalize else None, z_hat_ND=z_hat_ND if normalize else None,
+    out = metrics.fidelity(y_ND, y_hat_ND, labels_N, logits_NO, to_logits, space.y_mean_D,
+                           z_ND=z_ND if space.normalize else None, z_hat_ND=z_hat_ND if space.normalize else None,
                            a_NF=a_NF, dense_threshold=dense_threshold, chunk=chunk)
     recon_logits_NO = torch.cat([to_logits(y_hat_ND[i:i + chunk]) for i in range(0, len(y_hat_ND), chunk)])
     arrays = {

@@ -27,23 +27,21 @@ import torch
 
 from mnist_sae import metrics
 from mnist_sae.ffn import FFN, pixels_to_float
+from mnist_sae.space import InputSpace
 
 N_CLASSES = 10
 SIDE = 28
 
 
-def site_fn(ffn: FFN, site: str, mean_D: torch.Tensor | None, std_D: torch.Tensor | None):
+def site_fn(ffn: FFN, site: str, space: InputSpace):
     """x_BI (floats in [0, 1]) -> z_BD, the SAE's input: the FFN's logits (site "logits") or
-    hidden activations (site "hidden"), normalized z = (y - mean) / std when mean/std are given.
-    Differentiable, so d z / d x flows through the FFN."""
+    hidden activations (site "hidden") y, mapped by space.to_z. Differentiable, so d z / d x flows
+    through the FFN."""
     if site not in ("logits", "hidden"):
         raise ValueError(f"site must be 'logits' or 'hidden', got {site!r}")
-    if (mean_D is None) != (std_D is None):
-        raise ValueError("site_fn: give both mean_D and std_D (normalized site) or neither")
 
     def fn(x_BI: torch.Tensor) -> torch.Tensor:
-        y_BD = ffn(x_BI) if site == "logits" else ffn.hidden(x_BI)
-        return y_BD if mean_D is None else (y_BD - mean_D) / std_D
+        return space.to_z(ffn(x_BI) if site == "logits" else ffn.hidden(x_BI))
 
     return fn
 
@@ -74,9 +72,9 @@ class LatentStats:
 
 
 @torch.no_grad()
-def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, mean_D: torch.Tensor | None = None,
-                 std_D: torch.Tensor | None = None, chunk: int = 4096) -> LatentStats:
-    """Encode z = (y - mean) / std (z = y when mean/std are None) in chunks and accumulate firing
+def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, space: InputSpace,
+                 chunk: int = 4096) -> LatentStats:
+    """Encode z = space.to_z(y) in chunks and accumulate firing
     counts, activation sums, label histograms and the top-k activating examples of every latent
     (ties broken by the lower example index). y_ND: raw site activations, a tensor or an array
     (a memmap is read one chunk at a time, so a wide hidden site never sits in memory whole)."""
@@ -96,9 +94,7 @@ def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, mean_D: torch.Te
     for start in range(0, n, chunk):
         rows = y_ND[start:start + chunk]
         rows = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.array(rows, dtype=np.float32))
-        z_BD = rows.to(device=device, dtype=torch.float32)
-        if mean_D is not None:
-            z_BD = (z_BD - mean_D) / std_D
+        z_BD = space.to_z(rows.to(device=device, dtype=torch.float32))
         a_BF = sae.encode(z_BD)[0]
         active_BF = a_BF != 0
         n_active_F += active_BF.sum(0)
@@ -122,21 +118,19 @@ def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, mean_D: torch.Te
 
 
 @torch.no_grad()
-def logit_effects(W_dec_FD: torch.Tensor, mean_act_F: torch.Tensor, std_D: torch.Tensor | None,
+def logit_effects(W_dec_FD: torch.Tensor, mean_act_F: torch.Tensor, space: InputSpace,
                   ffn: FFN | None = None) -> torch.Tensor:
     """e_FO: how the raw logits change when latent f goes from 0 to its mean active value m_f.
 
     The decoder is affine, z_hat = a @ W_dec + b_dec, so this change is m_f W_dec[f] whatever the
-    other latents are (no background code to choose). Back in raw units (y = z std + mean; the
-    mean cancels in a difference):  delta_y_fD = m_f W_dec[f] * std.
+    other latents are (no background code to choose). Back in raw units (space.to_y_delta: times
+    std when normalized, the mean cancels in a difference):  delta_y_fD = m_f W_dec[f] * std.
       logit site:   e_fO = delta_y_fO, the decoder row mapped back to raw logits.
       hidden site:  the FFN head is affine too (logits = h @ W_out_HO + b_out_O), so
                     e_fO = head(delta_h_fH) - head(0) = delta_h_fH @ W_out_HO, exactly.
-    Pass ffn for the hidden site, None for the logit site; std_D None when not normalized.
+    Pass ffn for the hidden site, None for the logit site.
     """
-    delta_FD = mean_act_F[:, None] * W_dec_FD
-    if std_D is not None:
-        delta_FD = delta_FD * std_D
+    delta_FD = space.to_y_delta(mean_act_F[:, None] * W_dec_FD)
     if ffn is None:
         return delta_FD
     return ffn.head(delta_FD) - ffn.head(torch.zeros_like(delta_FD[:1]))
@@ -268,13 +262,13 @@ def summary(stats: LatentStats) -> dict:
 
 
 def analyse(sae, ffn: FFN, site: str, y_ND, x_NI, labels_N, top_k: int,
-            mean_D: torch.Tensor | None = None, std_D: torch.Tensor | None = None) -> tuple[list[dict], dict]:
+            space: InputSpace) -> tuple[list[dict], dict]:
     """(records, summary): build_report for every live latent of `sae` (G = 1) on one split and
     its summary numbers.
 
     y_ND: the split's raw site activations (tensor, array or memmap); x_NI: the same examples'
-    uint8 pixels [N, 784]; labels_N: their labels; mean_D/std_D: the site's normalization, the SAE
-    reads z = (y - mean) / std (None when not normalized). sae and ffn live on the same device.
+    uint8 pixels [N, 784]; labels_N: their labels; space: the SAE reads z = space.to_z(y).
+    sae and ffn live on the same device.
     """
     n, d = y_ND.shape
     if sae.W_dec_GFD.shape[0] != 1:
@@ -287,12 +281,11 @@ def analyse(sae, ffn: FFN, site: str, y_ND, x_NI, labels_N, top_k: int,
         raise ValueError(f"analyse: expected pixels [{n}, {SIDE * SIDE}] and {n} labels, "
                          f"got {tuple(x_NI.shape)} and {len(labels_N)}")
     labels_N = torch.from_numpy(np.array(labels_N, dtype=np.int64))
-    if mean_D is not None:
-        mean_D, std_D = mean_D.to(device), std_D.to(device)
-    stats = latent_stats(sae, y_ND, labels_N, top_k, mean_D, std_D)
+    space = space.to(device)
+    stats = latent_stats(sae, y_ND, labels_N, top_k, space)
     latents_L = torch.nonzero(stats.live_F).flatten()
     with torch.no_grad():
-        effect_FO = logit_effects(W_dec_FD, stats.mean_act_F.to(device), std_D,
+        effect_FO = logit_effects(W_dec_FD, stats.mean_act_F.to(device), space,
                                   ffn if site == "hidden" else None).cpu()
-    pattern_LI = input_patterns(sae, site_fn(ffn, site, mean_D, std_D), x_NI, stats.top_idx_FK, latents_L)
+    pattern_LI = input_patterns(sae, site_fn(ffn, site, space), x_NI, stats.top_idx_FK, latents_L)
     return build_report(stats, effect_FO, pattern_LI, latents_L, labels_N.numpy()), summary(stats)

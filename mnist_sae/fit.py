@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from mnist_sae.sae import SAE, SAEConfig
+from mnist_sae.space import InputSpace
 from mnist_sae.sae_train import Calibration, TrainSettings, calibrate, shift_thresholds_, train_sae
 
 
@@ -28,6 +29,7 @@ class FitPlan:
     train: TrainSettings  # the final training run
     seeds: tuple[int, ...] = (0,)  # one model per seed, trained at once; calibration uses seeds[0]
     lam: float | None = None  # sparsity coefficient; None = calibrate (ignored by topk)
+    lam_source: str = "params"  # where a given lam comes from, as FitInfo.lambda_source reports it
     lambdas: tuple[float, ...] = ()  # ascending calibration grid (when lam is None)
     refine: int = 0  # bisection steps after the grid
     calibration: TrainSettings | None = None  # settings of the calibration runs (None = train's)
@@ -43,20 +45,20 @@ class FitInfo:
 
 
 def fit_sae(cfg: SAEConfig, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, plan: FitPlan, *,
-            device: str = "cpu", mean_D: torch.Tensor | None = None, std_D: torch.Tensor | None = None,
-            on_step=None, batch_source=None) -> tuple[SAE, FitInfo]:
-    """(sae with G = len(plan.seeds) models on CPU in eval mode, FitInfo). mean_D / std_D map z
-    back to logits for the KL term (needed only when plan.train.kl_coef > 0). With `batch_source`
+            device: str = "cpu", space: InputSpace | None = None, on_step=None,
+            batch_source=None) -> tuple[SAE, FitInfo]:
+    """(sae with G = len(plan.seeds) models on CPU in eval mode, FitInfo). `space` maps z back to
+    logits for the KL term (needed only when plan.train.kl_coef > 0). With `batch_source`
     (sae_train.train_sae's streaming rows, e.g. mnist_sae.acts_fit.CacheBatches) z_train_ND is
     None and training batches are gathered from it; z_val_ND is always in memory."""
     if not plan.seeds:
         raise ValueError("fit_sae: plan.seeds is empty")
-    loss_kw = {"mean_D": mean_D, "std_D": std_D, "batch_source": batch_source}
+    loss_kw = {"space": space, "batch_source": batch_source}
     cal = None
     if cfg.arch == "topk":
         lam, source = 0.0, "none (topk)"
     elif plan.lam is not None:
-        lam, source = float(plan.lam), "params"
+        lam, source = float(plan.lam), plan.lam_source
     else:
         if not plan.lambdas:
             raise ValueError("fit_sae: lam is None and no calibration grid (plan.lambdas) was given")

@@ -12,6 +12,7 @@ import torch
 from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_methods
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
+from mnist_sae.sae import SAEConfig
 
 
 # --- the reference methods --------------------------------------------------------------------
@@ -49,6 +50,7 @@ def reference_dictionaries(site: SiteData, ks: list[int], n_latents: int, *, see
 class FamilySettings:
     """How the baselines stage trains its SAE family (smaller budget than train_sae; see report)."""
 
+    cfg: SAEConfig  # the main SAE's config (n_latents, ste, tau, ...); arch, d_in and k are set per member
     lr: float
     epochs: int
     batch_size: int
@@ -65,7 +67,7 @@ def family_variants(site_is_logits: bool) -> tuple[str, ...]:
     return FAMILY if site_is_logits else tuple(v for v in FAMILY if v != "sae_jumprelu_kl")
 
 
-def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings: FamilySettings,
+def train_family_member(variant: str, k: int, site: SiteData, settings: FamilySettings,
                         seeds: tuple[int, ...], device: str = "cpu"):
     """(sae, info): the family's SAE at sparsity k, one stacked model per seed, by mnist_sae.fit's
     recipe (lambda calibrated with the first seed).
@@ -82,27 +84,36 @@ def train_family_member(variant: str, k: int, site: SiteData, base_cfg, settings
     from mnist_sae.sae_train import TrainSettings
 
     arch = {"sae_jumprelu": "jumprelu", "sae_jumprelu_kl": "jumprelu", "sae_relu": "relu", "sae_topk": "topk"}[variant]
-    cfg = dataclasses.replace(base_cfg, arch=arch, d_in=site.d, k=k if arch == "topk" else min(base_cfg.k, base_cfg.n_latents))
+    base = settings.cfg
+    cfg = dataclasses.replace(base, arch=arch, d_in=site.d, k=k if arch == "topk" else min(base.k, base.n_latents))
     kl = settings.kl_coef if variant == "sae_jumprelu_kl" else 0.0
     train_settings = TrainSettings(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
                                    kl_coef=kl, aux_coef=settings.aux_coef, dead_steps=settings.dead_steps,
                                    log_every=10**9)
-    loss_kw = {}
-    if kl > 0:  # the KL term maps z back to logits; un-normalized z are the logits themselves
-        ones_D = torch.ones(site.d)
-        loss_kw = {"mean_D": site.mean_D if site.normalize else 0 * ones_D, "std_D": site.std_D if site.normalize else ones_D}
     plan = FitPlan(target_l0=float(k), train=train_settings, seeds=tuple(seeds), lambdas=tuple(settings.lambdas),
                    refine=settings.refine, shift_thresholds=settings.shift_thresholds)
-    sae, fitted = fit_sae(cfg, site.z_train_ND, site.z_val_ND, plan, device=device, **loss_kw)
+    sae, fitted = fit_sae(cfg, site.z_train_ND, site.z_val_ND, plan, device=device, space=site.space)
     info = {"lambda": fitted.lam, "calibrated_l0_val": None if fitted.calibration is None else fitted.calibration.l0,
             "theta_shift": fitted.theta_shift}
     return sae, info
 
 
-def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, top_n: int,
-                   kmeans_n_init: int, kmeans_max_iter: int, probe: ProbeSettings | None,
-                   family: FamilySettings | None, base_cfg=None, site_is_logits: bool = True,
-                   seeds: int = 1, device: str = "cpu", log=print) -> Results:
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """What the reference dictionaries are fitted and scored with."""
+
+    ks: tuple[int, ...]  # matched sparsities
+    n_latents: int  # k-means centroids and random directions (the main SAE's dictionary size)
+    seed: int  # the first seed; scoring (purity sampling, probes) always uses it
+    seeds: int = 1  # seeded methods are fitted with seed, seed + 1, ..., seed + seeds - 1
+    top_n: int = 50  # examples per latent in the purity metrics
+    kmeans_n_init: int = 3  # k-means restarts
+    kmeans_max_iter: int = 300  # Lloyd iterations per restart
+
+
+def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSettings | None,
+                   family: FamilySettings | None, site_is_logits: bool = True, device: str = "cpu",
+                   log=print) -> Results:
     """Fit every reference method on train (and train the SAE family when `family` is given),
     score all on the eval split through `score`. The main SAE is not here: the compare stage adds
     its row with `add_scored`, so a new main SAE refits nothing.
@@ -115,19 +126,20 @@ def run_references(site: SiteData, ks: list[int], n_latents: int, *, seed: int, 
     res = Results([], {}, None, {})
     if probe is not None:
         res.probe_raw_acc = probe_accuracy(site.z_train_ND, site.z_eval_ND, site, probe)
-    kw = dict(site=site, top_n=top_n, seed=seed, probe=probe, log=log)
-    seed_list = tuple(range(seed, seed + seeds))
+    seed, ks = refs.seed, list(refs.ks)
+    kw = dict(site=site, top_n=refs.top_n, seed=seed, probe=probe, log=log)
+    seed_list = tuple(range(seed, seed + refs.seeds))
     fits: dict[tuple[str, int], list] = {}  # (method, k) -> [(reconstruct_fn, W_dec_FD, signed)] in seed order
     for s in seed_list:
-        for method, k, dic in reference_dictionaries(site, ks, n_latents, seed=s, kmeans_n_init=kmeans_n_init,
-                                                     kmeans_max_iter=kmeans_max_iter, seeded_only=s != seed):
+        for method, k, dic in reference_dictionaries(site, ks, refs.n_latents, seed=s, kmeans_n_init=refs.kmeans_n_init,
+                                                     kmeans_max_iter=refs.kmeans_max_iter, seeded_only=s != seed):
             fits.setdefault((method, k), []).append((dic.reconstruct, dic.W_dec_FD, dic.signed))
     for (method, k), method_fits in fits.items():
         add_scored(res, method, k, method_fits, **kw)
     if family is not None:
         for k in ks:
             for variant in family_variants(site_is_logits):
-                sae, info = train_family_member(variant, k, site, base_cfg, family, seed_list, device)
+                sae, info = train_family_member(variant, k, site, family, seed_list, device)
                 res.family[f"{variant}@{k}"] = info
                 add_scored(res, variant, k, sae_methods(sae), **kw)
     return res

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_sae.space import InputSpace
+
 ARCHS = ("jumprelu", "relu", "topk")
 STES = ("sigmoid", "rectangle")
 
@@ -229,14 +231,14 @@ class SAE(nn.Module):
 
 
 def sae_loss(z_BD: torch.Tensor, z_hat_GBD: torch.Tensor, a_GBF: torch.Tensor, penalty_GB: torch.Tensor,
-             sparsity_coef_G: torch.Tensor, *, kl_coef: float = 0.0, mean_D: torch.Tensor | None = None,
-             std_D: torch.Tensor | None = None, aux_hat_GBD: torch.Tensor | None = None,
+             sparsity_coef_G: torch.Tensor, *, kl_coef: float = 0.0, space: InputSpace | None = None,
+             aux_hat_GBD: torch.Tensor | None = None,
              aux_coef: float = 1 / 32) -> dict[str, torch.Tensor]:
     """Named terms, each [G] (one value per stacked model), and their sum "loss" (a scalar):
 
         mse_G      = mean_{B,D} (z_hat - z)^2
         sparsity_G = mean_B penalty                      (L0 for jumprelu, L1 for relu, 0 for topk)
-        kl_G       = mean_B KL(softmax(y) || softmax(y_hat)),  y = z * std + mean, y_hat likewise
+        kl_G       = mean_B KL(softmax(y) || softmax(y_hat)),  y = space.to_y(z), y_hat likewise
                      (logit site only: the end-to-end idea of Braun et al. 2024, arXiv:2405.12241)
         aux_G      = mean_{B,D} (e_hat - (z - z_hat))^2  (AuxK, z_hat detached, Gao et al. 2024)
         total_G    = mse + sparsity_coef * sparsity + kl_coef * kl + aux_coef * aux
@@ -250,10 +252,10 @@ def sae_loss(z_BD: torch.Tensor, z_hat_GBD: torch.Tensor, a_GBF: torch.Tensor, p
     terms = {"mse": diff_GBD.square().mean((1, 2)), "sparsity": penalty_GB.mean(1)}
     total_G = terms["mse"] + sparsity_coef_G * terms["sparsity"]
     if kl_coef > 0:
-        if mean_D is None or std_D is None:
-            raise ValueError("sae_loss: kl_coef > 0 needs mean_D and std_D (z -> logits)")
-        logp_BO = F.log_softmax(z_BD * std_D + mean_D, dim=-1)
-        logq_GBO = F.log_softmax(z_hat_GBD * std_D + mean_D, dim=-1)
+        if space is None:
+            raise ValueError("sae_loss: kl_coef > 0 needs the input space (z -> logits)")
+        logp_BO = F.log_softmax(space.to_y(z_BD), dim=-1)
+        logq_GBO = F.log_softmax(space.to_y(z_hat_GBD), dim=-1)
         terms["kl"] = (logp_BO.exp() * (logp_BO - logq_GBO)).sum(-1).mean(-1)
         total_G = total_G + kl_coef * terms["kl"]
     if aux_hat_GBD is not None:

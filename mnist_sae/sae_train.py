@@ -10,14 +10,14 @@ accumulated on the device and handed to `on_step` every `log_every` steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mnist_sae import metrics
-from mnist_sae.collect import load_collected, load_stats, to_z
 from mnist_sae.sae import SAE, SAEConfig, sae_loss
+from mnist_sae.space import InputSpace
 
 
 @dataclass(frozen=True)
@@ -37,20 +37,14 @@ class TrainSettings:
     weight_decay: float = 0.0  # adamw only
 
 
-@dataclass
-class TrainHistory:
-    steps: list[int] = field(default_factory=list)  # step at the end of each logged window
-    terms: dict[str, list[list[float]]] = field(default_factory=dict)  # name -> per window, per model
-
-
 def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
     if z_ND.ndim != 2 or z_ND.shape[1] != d or z_ND.shape[0] == 0:
         raise ValueError(f"{what}: expected z [N, {d}] with N > 0, got {tuple(z_ND.shape)}")
 
 
 def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSettings,
-              generator: torch.Generator | list[torch.Generator], *, mean_D: torch.Tensor | None = None,
-              std_D: torch.Tensor | None = None, on_step=None, batch_source=None) -> TrainHistory:
+              generator: torch.Generator | list[torch.Generator], *, space: InputSpace | None = None,
+              on_step=None, batch_source=None) -> None:
     """Train the G models of `sae` in place, model g with sparsity coefficient sparsity_coef_G[g].
 
     Minimises sum_G sae_loss(...)["total"] with fused Adam (or AdamW: settings.optimizer) over
@@ -65,7 +59,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     0.82 -> 0.59 pp).
     `on_step(step, terms)` gets, every settings.log_every steps, the mean of each loss term over
     the window as a CPU tensor [G].
-    `batch_source` (rows too many to hold; z_ND is then None): an object with `n_rows`, `mean_D`
+    `batch_source` (rows too many to hold; z_ND is then None): an object with `n_rows`, `z_mean_D`
     (the mean of its z rows, for b_dec) and `gather(idx_B) -> z_BD` on the device, e.g.
     mnist_sae.acts_fit.CacheBatches reading a memmap; the batches are the same permutation's.
     """
@@ -76,14 +70,14 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
         z_ND = z_ND.to(device, torch.float32)
         n, z_mean_D, gather = z_ND.shape[0], z_ND.mean(0), z_ND.__getitem__
     else:
-        n, z_mean_D, gather = batch_source.n_rows, batch_source.mean_D.to(device), batch_source.gather
+        n, z_mean_D, gather = batch_source.n_rows, batch_source.z_mean_D.to(device), batch_source.gather
     coef_G = torch.as_tensor(sparsity_coef_G, dtype=torch.float32, device=device).reshape(-1)
     if coef_G.shape != (G,):
         raise ValueError(f"train_sae: {G} models need {G} sparsity coefficients, got {coef_G.numel()}")
     if settings.kl_coef > 0:
-        if mean_D is None or std_D is None:
-            raise ValueError("train_sae: kl_coef > 0 needs mean_D and std_D (to map z back to logits)")
-        mean_D, std_D = mean_D.to(device), std_D.to(device)
+        if space is None:
+            raise ValueError("train_sae: kl_coef > 0 needs the input space (to map z back to logits)")
+        space = space.to(device)
     if settings.decoder_init not in DECODER_INITS:
         raise ValueError(f"train_sae: decoder_init {settings.decoder_init!r}: expected one of {DECODER_INITS}")
     if isinstance(generator, (list, tuple)) and len(generator) == 1:
@@ -114,7 +108,6 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     warm_steps = int(settings.sparsity_warmup * total_steps)
     fired_window_GF = torch.zeros(G, cfg.n_latents, dtype=torch.bool, device=device)  # for resampling
     idle_GF = torch.zeros(G, cfg.n_latents, dtype=torch.long, device=device)  # steps since last fire
-    history = TrainHistory()
     names, window, step = None, None, 0
     for _ in range(settings.epochs):
         if per_model:  # perm_GN: one permutation per model; z_BD is then [G, B, D]
@@ -133,7 +126,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                 aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
             step_coef_G = coef_G if step >= warm_steps else coef_G * ((step + 1) / warm_steps)
             terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, step_coef_G, kl_coef=settings.kl_coef,
-                             mean_D=mean_D, std_D=std_D, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
+                             space=space, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if step >= decay_from:
@@ -153,12 +146,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             if step % settings.log_every == 0:
                 means = (window / settings.log_every).cpu()
                 window.zero_()
-                history.steps.append(step)
-                for name, row in zip(names, means):
-                    history.terms.setdefault(name, []).append(row.tolist())
                 if on_step is not None:
                     on_step(step, dict(zip(names, means)))
-    return history
 
 
 DECODER_INITS = ("random", "data")
@@ -330,14 +319,3 @@ def calibrate(cfg: SAEConfig, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, 
                 hi = mid
     lam, l0, _ = min(points, key=lambda p: abs(p[1] - target_l0))
     return Calibration(lam=lam, l0=l0, points=points, bracketed=bool(bracketed))
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-
-def load_site(collected_dir, split: str) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
-    """(z_ND, info, mean_D, std_D) from the collect stage's folder: the SAE's input for `split`,
-    z = (acts - mean) / std when info["normalize"], else acts, as float32."""
-    info, mean_D, std_D = load_stats(collected_dir)
-    y_ND, _, _ = load_collected(collected_dir, split)
-    return to_z(y_ND, mean_D, std_D, info["normalize"]), info, mean_D, std_D

@@ -24,10 +24,10 @@ import stages  # noqa: F401,E402  (the numerical pin, before torch loads)
 import torch  # noqa: E402
 
 from mnist_sae import metrics  # noqa: E402
-from mnist_sae.collect import load_collected, to_y  # noqa: E402
+from mnist_sae.collect import load_collected, load_space, load_z  # noqa: E402
 from mnist_sae.fit import FitPlan, fit_sae  # noqa: E402
 from mnist_sae.sae import SAEConfig, reconstruct  # noqa: E402
-from mnist_sae.sae_train import TrainSettings, load_site  # noqa: E402
+from mnist_sae.sae_train import TrainSettings  # noqa: E402
 
 DEFAULT = {"ste": "sigmoid", "tau": 0.1, "bandwidth": 0.05, "theta_init": 0.1, "lr": 1e-3, "kl_coef": 1.0,
            "epochs": 5, "lr_decay": 0.2, "decoder_init": "random", "resample_every": 0, "sparsity_warmup": 0.0}
@@ -47,9 +47,8 @@ def parse_variant(text: str) -> dict:
 
 def run_variant(v: dict, collected: str, lam: float, seeds: int) -> dict:
     torch.set_num_threads(1)
-    z_tr, info, mean_D, std_D = load_site(collected, "train")
-    z_va = load_site(collected, "val")[0]
-    z_te = load_site(collected, "test")[0]
+    info, space = load_space(collected)
+    z_tr, z_va, z_te = (load_z(collected, s, space) for s in ("train", "val", "test"))
     _, logits_te, labels_te = load_collected(collected, "test")
     cfg = SAEConfig(arch="jumprelu", d_in=info["d"], n_latents=32, ste=v["ste"], tau=v["tau"],
                     bandwidth=v["bandwidth"], theta_init=v["theta_init"])
@@ -58,12 +57,12 @@ def run_variant(v: dict, collected: str, lam: float, seeds: int) -> dict:
                           sparsity_warmup=v["sparsity_warmup"])
     plan = FitPlan(target_l0=1.0, train=train, seeds=tuple(range(seeds)), lam=lam)
     start = time.perf_counter()
-    sae, _ = fit_sae(cfg, z_tr, z_va, plan, mean_D=mean_D, std_D=std_D)
+    sae, _ = fit_sae(cfg, z_tr, z_va, plan, space=space)
     rows = []
     for g in range(sae.n_models):
         one = sae.select(g)
         z_hat_va, a_va = reconstruct(one, z_va)
-        y_hat_te = to_y(reconstruct(one, z_te)[0], mean_D, std_D, info["normalize"])
+        y_hat_te = space.to_y(reconstruct(one, z_te)[0])
         rows.append({"l0_val": metrics.l0(a_va), "mse_norm_val": metrics.mse(z_va, z_hat_va),
                      "acc_drop_pp_test": 100 * (metrics.accuracy(logits_te, labels_te) - metrics.accuracy(y_hat_te, labels_te)),
                      "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_va))})

@@ -15,7 +15,9 @@ from typing import NamedTuple
 import torch
 
 from mnist_sae.sae import ARCHS, STES, SAEConfig
-from mnist_sae.sae_train import DECODER_INITS, TrainSettings, load_site
+from mnist_sae.collect import load_space, load_z
+from mnist_sae.sae_train import DECODER_INITS, TrainSettings
+from mnist_sae.space import InputSpace
 from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, choice, load_device, load_params, read_params_file,
                             rule, setup_torch)
 
@@ -116,21 +118,7 @@ class SAEStageInputs(NamedTuple):
     z_train_ND: torch.Tensor
     z_val_ND: torch.Tensor
     info: dict
-    mean_D: torch.Tensor  # the affine map z -> y = z * std_D + mean_D (the KL term's logits, to_y):
-    std_D: torch.Tensor  # the train statistics when collect.normalize, else the identity (0, 1)
-
-
-def z_to_y_map(info: dict, mean_D: torch.Tensor, std_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean_D, std_D) such that y = z * std_D + mean_D for the collected site.
-
-    With collect.normalize false z already is y: the map is the identity. Passing the train
-    statistics there (as the stages did before) made the KL term compare softmax(z * std + mean),
-    not the logits, so the SAE trained towards the wrong distribution (issue 15). z * 1 + 0 is z
-    bit for bit, and the normalize: true path is unchanged.
-    """
-    if info["normalize"]:
-        return mean_D, std_D
-    return torch.zeros_like(mean_D), torch.ones_like(std_D)
+    space: InputSpace  # z <-> y (the KL term's logits are space.to_y(z))
 
 
 def start_sae_stage(collected_dir) -> SAEStageInputs:
@@ -143,7 +131,6 @@ def start_sae_stage(collected_dir) -> SAEStageInputs:
     # the SAE's matmuls are tiny (D, F <= a few hundred, batch 8): one thread is fastest, and
     # a second one only adds synchronisation (measured ~1 ms vs ~7 ms per step on a busy 2-core box)
     torch.set_num_threads(1)
-    z_train_ND, info, mean_D, std_D = load_site(collected_dir, "train")
-    z_val_ND, _, _, _ = load_site(collected_dir, "val")
+    info, space = load_space(collected_dir)
     check_site(p, info)
-    return SAEStageInputs(p, device, z_train_ND, z_val_ND, info, *z_to_y_map(info, mean_D, std_D))
+    return SAEStageInputs(p, device, load_z(collected_dir, "train", space), load_z(collected_dir, "val", space), info, space)

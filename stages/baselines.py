@@ -16,7 +16,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mnist_sae import baselines, references
-from mnist_sae.collect import load_collected, load_stats
+from mnist_sae.collect import load_collected, load_space
 from mnist_sae.ffn import FFN
 from mnist_sae.sae_train import lambda_grid
 from stages._baselines_params import load_baselines_params, matched_ks
@@ -33,7 +33,7 @@ def main():
     p = load_baselines_params(raw)
     sp = load_sae_params(raw)
     device = load_device(raw)
-    info, mean_D, std_D = load_stats(args.collected_dir)
+    info, space = load_space(args.collected_dir)
     ks = matched_ks(p, sp.target_l0)
     if max(ks) > min(info["d"], sp.n_latents):
         raise ParamError(f"baselines.k = {p.k} with sae.target_l0 = {sp.target_l0}: every k must be at most "
@@ -45,18 +45,17 @@ def main():
     torch.set_num_threads(1)
 
     to_logits = (lambda y: y) if info["site"] == "logits" else FFN.from_checkpoint(load_torch(args.ffn_ckpt)).eval().head
-    site = baselines.make_site(lambda s: load_collected(args.collected_dir, s), mean_D, std_D, info["normalize"],
-                               p.eval_split, to_logits)
-    family = references.FamilySettings(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size,
+    site = baselines.make_site(lambda s: load_collected(args.collected_dir, s), space, p.eval_split, to_logits)
+    family = references.FamilySettings(cfg=sp.config(info["d"]), lr=p.lr, epochs=p.epochs, batch_size=p.batch_size,
                                        lambdas=tuple(lambda_grid(p.lambda_min, p.lambda_max, p.lambda_num)),
                                        refine=p.refine, kl_coef=p.kl_coef, aux_coef=sp.aux_coef,
                                        dead_steps=p.dead_steps, shift_thresholds=p.shift_thresholds)
     with threadpool_limits(1):
+        refs = references.ReferenceSettings(ks=tuple(ks), n_latents=sp.n_latents, seed=p.seed, seeds=sp.seeds, top_n=p.top_n,
+                                            kmeans_n_init=p.kmeans_n_init, kmeans_max_iter=p.kmeans_max_iter)
         res = references.run_references(
-            site, ks, sp.n_latents, seed=p.seed, top_n=p.top_n, kmeans_n_init=p.kmeans_n_init,
-            kmeans_max_iter=p.kmeans_max_iter, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
-            family=family if p.family else None, base_cfg=sp.config(info["d"]), site_is_logits=info["site"] == "logits",
-            seeds=sp.seeds, device=device)
+            site, refs, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
+            family=family if p.family else None, site_is_logits=info["site"] == "logits", device=device)
 
     # what the compare stage checks its own params against, and reports
     meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "seeds": sp.seeds,

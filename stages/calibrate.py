@@ -21,7 +21,7 @@ def main():
     for name in ("collected_dir", "calibration_json", "calibration_csv"):
         parser.add_argument(name)
     args = parser.parse_args()
-    p, device, z_train_ND, z_val_ND, info, mean_D, std_D = start_sae_stage(args.collected_dir)
+    p, device, z_train_ND, z_val_ND, info, space = start_sae_stage(args.collected_dir)
     c = p.calibration
     result = {"arch": p.arch, "target_l0": p.target_l0}
     rows = []
@@ -30,7 +30,7 @@ def main():
     else:
         grid = lambda_grid(c.lambda_min, c.lambda_max, c.num)
         cal = calibrate(p.config(info["d"]), z_train_ND, z_val_ND, p.target_l0, grid, c.refine,
-                        p.settings(c.epochs, c.batch_size), p.seed, device=device, mean_D=mean_D, std_D=std_D)
+                        p.settings(c.epochs, c.batch_size), p.seed, device=device, space=space)
         result.update({"lambda": cal.lam, "l0_val": cal.l0, "bracketed": cal.bracketed,
                        "points": [{"lambda": lam, "l0_val": l0, "source": src} for lam, l0, src in cal.points]})
         rows = sorted(cal.points)

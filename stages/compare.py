@@ -13,7 +13,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mnist_sae import baselines, baselines_report as report
-from mnist_sae.collect import load_collected, load_stats
+from mnist_sae.collect import load_collected, load_space
 from mnist_sae.data import DataError
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
@@ -30,7 +30,7 @@ def main():
     raw = read_params_file()
     p = load_baselines_params(raw)
     device = load_device(raw)
-    info, mean_D, std_D = load_stats(args.collected_dir)
+    info, space = load_space(args.collected_dir)
     res, meta = baselines.load_results(args.baselines_dir)
     sp = load_sae_params(raw)
     ks = matched_ks(p, sp.target_l0)
@@ -46,8 +46,7 @@ def main():
     torch.set_num_threads(1)  # as the baselines stage: the same threads, the same sums
 
     to_logits = (lambda y: y) if info["site"] == "logits" else FFN.from_checkpoint(load_torch(args.ffn_ckpt)).eval().head
-    site = baselines.make_site(lambda s: load_collected(args.collected_dir, s), mean_D, std_D, info["normalize"],
-                               p.eval_split, to_logits)
+    site = baselines.make_site(lambda s: load_collected(args.collected_dir, s), space, p.eval_split, to_logits)
     with threadpool_limits(1):
         # k = 0: scored at its own L0, not matched to a k
         sae = SAE.from_checkpoint(ckpt["sae"]).eval()  # one model per seed: the row is their mean and interval

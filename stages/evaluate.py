@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from mnist_sae import plots
-from mnist_sae.collect import load_collected, load_stats
+from mnist_sae.collect import load_collected, load_space
 from mnist_sae.evaluate import SPLITS, best_results_markdown, evaluate_split
 from mnist_sae.ffn import FFN
 from mnist_sae.metrics import calibration_error
@@ -59,7 +59,7 @@ def main():
     device = load_device(raw)
     setup_torch(0)
 
-    info, mean_D, std_D = load_stats(args.collected_dir)
+    info, space = load_space(args.collected_dir)
     ffn_ckpt, sae_ckpt = load_torch(args.ffn_ckpt), load_torch(args.sae_ckpt)
     sae = SAE.from_checkpoint(sae_ckpt["sae"]).to(device).eval()
     head = FFN.from_checkpoint(ffn_ckpt).eval().head
@@ -72,8 +72,8 @@ def main():
         y_ND, logits_NO, labels_N = load_collected(args.collected_dir, split)
         per_seed = []
         for g in range(sae.n_models):
-            row, arr = evaluate_split(sae.select(g), y_ND, logits_NO, labels_N, mean_D, std_D, info["normalize"],
-                                      to_logits, dense_threshold=p.dense_threshold)
+            row, arr = evaluate_split(sae.select(g), y_ND, logits_NO, labels_N, space, to_logits,
+                                      dense_threshold=p.dense_threshold)
             per_seed.append(row)
             if g == 0:
                 arrays[split] = arr

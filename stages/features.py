@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mnist_sae import feature_plots, features
-from mnist_sae.collect import load_stats, open_split
+from mnist_sae.collect import load_space, open_split
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
 from stages._common import (DataError, POSITIVE, atomic_path, choice, load_device, load_params, load_prepared,
@@ -35,7 +35,7 @@ def main():
     device = load_device(raw)
     setup_torch(0)  # nothing here draws random numbers; deterministic kernels and threads only
 
-    info, mean_D, std_D = load_stats(args.collected)
+    info, space = load_space(args.collected)
     acts_ND, _, labels_N = open_split(args.collected, p.split)  # memory-mapped: read in chunks
     x_NI, y_N = load_prepared(args.prepared, p.split)
     if not np.array_equal(y_N, labels_N):
@@ -46,9 +46,7 @@ def main():
         raise DataError(f"{args.sae_pt}: trained on the {ckpt['site']} site, {args.collected} holds {info['site']}; rerun train_sae")
     sae = SAE.from_checkpoint(ckpt["sae"]).select(0).to(device).requires_grad_(False)  # the first seed's model
 
-    if not info["normalize"]:  # else the SAE reads z = (y - mean) / std
-        mean_D = std_D = None
-    records, summary = features.analyse(sae, ffn, info["site"], acts_ND, x_NI, labels_N, p.top_k, mean_D, std_D)
+    records, summary = features.analyse(sae, ffn, info["site"], acts_ND, x_NI, labels_N, p.top_k, space)
 
     report = {"site": info["site"], "split": p.split, "n_examples": int(len(labels_N)),
               "n_latents": sae.cfg.n_latents, "n_live": len(records), "top_k": p.top_k}

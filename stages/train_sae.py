@@ -20,7 +20,7 @@ import torch
 from mnist_sae import metrics
 from mnist_sae.data import DataError
 from mnist_sae.sae import reconstruct
-from mnist_sae.collect import load_collected, to_y
+from mnist_sae.collect import load_collected
 from mnist_sae.fit import FitPlan, fit_sae
 from mnist_sae.stats import seed_summary
 from stages._common import run, save_torch, write_json
@@ -30,30 +30,32 @@ from stages._sae_params import start_sae_stage
 CURVES = ("mse", "l0", "total", "sparsity", "kl", "aux")  # loss terms logged when present
 
 
+def calibrated_lambda(cal_path: Path, arch: str) -> float:
+    if not cal_path.exists():
+        raise DataError(f"{cal_path}: not found; run `dvc repro calibrate`")
+    cal = json.loads(cal_path.read_text())
+    if cal.get("arch") != arch or cal.get("lambda") is None:
+        raise DataError(f"{cal_path}: calibrated for arch {cal.get('arch')!r}, not {arch!r}; run `dvc repro calibrate`")
+    return float(cal["lambda"])
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name in ("collected_dir", "calibration_json", "sae_ckpt", "metrics_json", "curves_dir"):
         parser.add_argument(name)
     args = parser.parse_args()
-    p, device, z_train_ND, z_val_ND, info, mean_D, std_D = start_sae_stage(args.collected_dir)
-    if p.arch == "topk":
-        lam, source = 0.0, "none (topk)"
-    elif p.lam is not None:
-        lam, source = p.lam, "params"
-    else:
-        cal_path = Path(args.calibration_json)
-        if not cal_path.exists():
-            raise DataError(f"{cal_path}: not found; run `dvc repro calibrate`")
-        cal = json.loads(cal_path.read_text())
-        if cal.get("arch") != p.arch or cal.get("lambda") is None:
-            raise DataError(f"{cal_path}: calibrated for arch {cal.get('arch')!r}, not {p.arch!r}; run `dvc repro calibrate`")
-        lam, source = float(cal["lambda"]), "calibration"
-
+    p, device, z_train_ND, z_val_ND, info, space = start_sae_stage(args.collected_dir)
+    # fit_sae picks the lambda (topk: none; sae.lambda; else the calibrate stage's, read here so
+    # that it is not calibrated twice)
+    lam, source = p.lam, "params"
+    if lam is None and p.arch != "topk":
+        lam, source = calibrated_lambda(Path(args.calibration_json), p.arch), "calibration"
     plan = FitPlan(target_l0=p.target_l0, train=p.settings(p.epochs, p.batch_size), seeds=p.seed_list(), lam=lam,
-                   shift_thresholds=p.theta_shift)
+                   lam_source=source, shift_thresholds=p.theta_shift)
     with training_curves(args.curves_dir, CURVES) as on_step:
-        sae, fitted = fit_sae(p.config(info["d"]), z_train_ND, z_val_ND, plan, device=device, mean_D=mean_D, std_D=std_D,
+        sae, fitted = fit_sae(p.config(info["d"]), z_train_ND, z_val_ND, plan, device=device, space=space,
                               on_step=on_step)
+    lam, source = fitted.lam, fitted.lambda_source
 
     per_seed = []
     _, logits_NO, labels_N = load_collected(args.collected_dir, "val")
@@ -62,7 +64,7 @@ def main():
         row = {"l0_val": metrics.l0(a_NF), "mse_norm_val": metrics.mse(z_val_ND, z_hat_ND),
                "dead_fraction_val": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
         if info["site"] == "logits":
-            y_hat_NO = to_y(z_hat_ND, mean_D, std_D, info["normalize"])
+            y_hat_NO = space.to_y(z_hat_ND)
             row["acc_drop_pp_val"] = 100.0 * (metrics.accuracy(logits_NO, labels_N) - metrics.accuracy(y_hat_NO, labels_N))
             row["kl_val"] = metrics.kl_divergence(logits_NO, y_hat_NO)
         per_seed.append(row)

@@ -187,7 +187,6 @@ def test_streaming_from_the_memmap_trains_like_the_in_memory_path(tmp_path):
     in-memory path's model bit for bit when b_dec starts at the same mean: same permutation, same
     rows, same elementwise standardization."""
     from mnist_sae.acts_fit import CacheBatches
-    from mnist_sae.collect import to_z
     from mnist_sae.sae_train import TrainSettings, train_sae
 
     x_ND = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float16)
@@ -195,9 +194,9 @@ def test_streaming_from_the_memmap_trains_like_the_in_memory_path(tmp_path):
     acts = open_activations(parse_source(f"npy:{tmp_path / 'x.npy'}"))
     rows = np.arange(0, 400, 2)
     mean_D, std_D = torch.zeros(8) + 0.1, torch.ones(8) * 1.5
-    z_ND = to_z(torch.from_numpy(x_ND[rows].astype(np.float32)), mean_D, std_D, True)
     source = CacheBatches(acts, rows, mean_D, std_D)
-    source.mean_D = z_ND.mean(0)
+    z_ND = source.space.to_z(torch.from_numpy(x_ND[rows].astype(np.float32)))
+    source.z_mean_D = z_ND.mean(0)
     settings = TrainSettings(epochs=2, batch_size=16, lr_decay=0.2)
     models = []
     for z, src in ((z_ND, None), (None, source)):

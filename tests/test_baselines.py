@@ -14,6 +14,7 @@ from mnist_sae import baselines_report as R
 from mnist_sae import dictionaries as Dn
 from mnist_sae import references as Ref
 from mnist_sae import metrics
+from mnist_sae.space import InputSpace
 from tests.conftest import clone_run, dvc, set_params, sh
 
 
@@ -191,14 +192,14 @@ def small_site(n=400, d=10, seed=0):
         return logits_NO, logits_NO, y_N
 
     train = split(n)
-    return B.make_site(lambda s: train if s == "train" else split(n // 2), train[0].mean(0), train[0].std(0),
-                       True, "test", lambda y: y)
+    return B.make_site(lambda s: train if s == "train" else split(n // 2),
+                       InputSpace(train[0].mean(0), train[0].std(0), True), "test", lambda y: y)
 
 
 def test_run_references_reference_methods_only():
     site = small_site()
-    res = Ref.run_references(site, [1, 2], 12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50,
-                             probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
+    refs = Ref.ReferenceSettings(ks=(1, 2), n_latents=12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50)
+    res = Ref.run_references(site, refs, probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
     rows = {(r["method"], r["k"]): r for r in res.rows}
     assert set(rows) == {("kmeans", 1)} | {(m, k) for m in B.REFERENCE_METHODS for k in (1, 2)}
     for (method, k), r in rows.items():
@@ -225,8 +226,8 @@ def test_run_references_reference_methods_only():
 
 def test_results_files_round_trip(tmp_path):
     site = small_site()
-    res = Ref.run_references(site, [1], 8, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=20,
-                             probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
+    refs = Ref.ReferenceSettings(ks=(1,), n_latents=8, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=20)
+    res = Ref.run_references(site, refs, probe=B.ProbeSettings(1.0, 100, 200, 0), family=None, log=lambda *_: None)
     B.save_results(res, tmp_path, {"ks": [1]})
     back, meta = B.load_results(tmp_path)
     assert meta == {"ks": [1]} and back.rows == res.rows and back.probe_raw_acc == res.probe_raw_acc
@@ -245,10 +246,10 @@ def test_run_references_with_sae_family():
 
     torch.set_num_threads(1)
     site = small_site(n=600)
-    family = Ref.FamilySettings(lr=1e-2, epochs=2, batch_size=32, lambdas=(1e-3, 1e-2, 1e-1, 1.0, 10.0), refine=1,
+    family = Ref.FamilySettings(cfg=SAEConfig(n_latents=12), lr=1e-2, epochs=2, batch_size=32, lambdas=(1e-3, 1e-2, 1e-1, 1.0, 10.0), refine=1,
                               kl_coef=1.0, aux_coef=1 / 32, dead_steps=20, shift_thresholds=True)
-    res = Ref.run_references(site, [2], 12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50, probe=None,
-                             family=family, base_cfg=SAEConfig(n_latents=12), log=lambda *_: None)
+    refs = Ref.ReferenceSettings(ks=(2,), n_latents=12, seed=0, top_n=10, kmeans_n_init=1, kmeans_max_iter=50)
+    res = Ref.run_references(site, refs, probe=None, family=family, log=lambda *_: None)
     rows = {r["method"]: r for r in res.rows if r["k"] == 2}
     assert set(B.FAMILY) <= set(rows)
     assert rows["sae_topk"]["l0"] <= 2.0

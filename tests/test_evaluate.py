@@ -12,6 +12,7 @@ import torch
 from mnist_sae import metrics, plots
 from mnist_sae.evaluate import SPLITS, best_results_markdown, evaluate_split
 from mnist_sae.sae import SAE, SAEConfig
+from mnist_sae.space import InputSpace
 from tests.conftest import ROOT, clone_run, commit_all, dvc, env, set_params
 
 FIDELITY_KEYS = {
@@ -44,7 +45,7 @@ def test_evaluate_split_exact_reconstruction_through_normalization():
     y_NO = torch.tensor([[3.0, 1.0, -1.0], [1.0, 1.0, 5.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
     labels_N = torch.tensor([0, 2, 0, 2])
     mu_O, sigma_O = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, 4.0])
-    out, arrays = evaluate_split(signed_basis_sae(3), y_NO, y_NO, labels_N, mu_O, sigma_O, True, lambda y: y)
+    out, arrays = evaluate_split(signed_basis_sae(3), y_NO, y_NO, labels_N, InputSpace(mu_O, sigma_O, True), lambda y: y)
     assert out["mse_norm"] == pytest.approx(0.0, abs=1e-12) and out["mse_raw"] == pytest.approx(0.0, abs=1e-12)
     assert out["explained_variance"] == pytest.approx(1.0)
     assert out["acc_orig"] == out["acc_recon"] == 0.75  # example 2: argmax 1, label 0
@@ -69,8 +70,7 @@ def test_evaluate_split_hidden_site_uses_head_and_raw_space():
     h_NH = torch.tensor([[1.0, -1.0], [-2.0, 3.0]])
     W_HO = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     head = lambda h_BH: h_BH @ W_HO  # noqa: E731
-    out, arrays = evaluate_split(sae, h_NH, head(h_NH), torch.tensor([0, 1]), torch.zeros(2), torch.ones(2),
-                                 False, head)
+    out, arrays = evaluate_split(sae, h_NH, head(h_NH), torch.tensor([0, 1]), InputSpace.identity(2), head)
     assert out["mse_raw"] == out["mse_norm"] == pytest.approx((1 + 4) / 4)
     assert arrays["mse_N"].tolist() == [0.5, 2.0]
     assert out["acc_recon"] == 1.0  # relu keeps the winning logit of both examples

@@ -13,6 +13,7 @@ from mnist_sae.data import make_synthetic
 from mnist_sae.ffn import FFN, pixels_to_float
 from conftest import dvc
 from mnist_sae.sae import SAE, SAEConfig
+from mnist_sae.space import InputSpace
 from stages._common import load_torch
 
 REPORT_KEYS = {"latent", "firing_rate", "n_active", "mean_activation", "max_activation", "label_counts",
@@ -34,13 +35,13 @@ def tiny():
     with torch.no_grad():
         sae.b_enc_GF[0, 11] = -100.0  # dead
     return dict(x_NI=data.x_train_NI, labels_N=data.y_train_N, ffn=ffn, sae=sae, y_NO=y_NO.numpy(), z_NO=z_NO,
-                mean_O=mean_O, std_O=std_O)
+                mean_O=mean_O, std_O=std_O, space=InputSpace(mean_O, std_O, True))
 
 
 def test_latent_stats_match_brute_force(tiny):
     sae, z_NO, labels_N = tiny["sae"], tiny["z_NO"], torch.from_numpy(tiny["labels_N"]).long()
     # raw logits (an array) normalized chunk by chunk; chunk 64 < N forces the top-k merge
-    stats = features.latent_stats(sae, tiny["y_NO"], labels_N, top_k=5, mean_D=tiny["mean_O"], std_D=tiny["std_O"],
+    stats = features.latent_stats(sae, tiny["y_NO"], labels_N, top_k=5, space=tiny["space"],
                                   chunk=64)
     a_NF = sae.encode(z_NO)[0]
     active_NF = a_NF != 0
@@ -60,7 +61,7 @@ def test_latent_stats_match_brute_force(tiny):
 def test_logit_effect_is_the_decoder_row_in_raw_logits(tiny):
     sae, std_O = tiny["sae"], tiny["std_O"]
     m_F = torch.linspace(0.5, 2.0, 12)
-    effect_FO = features.logit_effects(sae.W_dec_GFD[0], m_F, std_O)
+    effect_FO = features.logit_effects(sae.W_dec_GFD[0], m_F, InputSpace(torch.zeros(10), std_O, True))
     for f in range(12):
         assert torch.allclose(effect_FO[f], m_F[f] * sae.W_dec_GFD[0, f] * std_O)
         # the claim behind the definition: setting a_f = m_f changes the reconstruction by this
@@ -77,7 +78,7 @@ def test_logit_effect_hidden_site_goes_through_the_head(tiny):
     gen = torch.Generator().manual_seed(1)
     sae = SAE(SAEConfig(d_in=16, n_latents=6, aux_k=4), generator=gen)
     std_H, m_F = torch.rand(16) + 0.5, torch.rand(6) + 0.5
-    effect_FO = features.logit_effects(sae.W_dec_GFD[0].detach(), m_F, std_H, ffn)
+    effect_FO = features.logit_effects(sae.W_dec_GFD[0].detach(), m_F, InputSpace(torch.zeros(16), std_H, True), ffn)
     h_H = torch.rand(16)  # any base point: the head is affine
     for f in range(6):
         delta_H = m_F[f] * sae.W_dec_GFD[0, f].detach() * std_H
@@ -87,9 +88,9 @@ def test_logit_effect_hidden_site_goes_through_the_head(tiny):
 
 def test_input_patterns_match_per_example_autograd(tiny):
     sae, ffn = tiny["sae"], tiny["ffn"]
-    fn = features.site_fn(ffn, "logits", tiny["mean_O"], tiny["std_O"])
+    fn = features.site_fn(ffn, "logits", tiny["space"])
     labels_N = torch.from_numpy(tiny["labels_N"]).long()
-    stats = features.latent_stats(sae, tiny["z_NO"], labels_N, top_k=3)
+    stats = features.latent_stats(sae, tiny["z_NO"], labels_N, top_k=3, space=InputSpace.identity(10))
     latents_L = torch.nonzero(stats.live_F).flatten()
     # chunk 4 splits one latent's examples over two backward passes
     pattern_LI = features.input_patterns(sae, fn, tiny["x_NI"], stats.top_idx_FK, latents_L, chunk=4)
@@ -106,7 +107,7 @@ def test_input_patterns_match_per_example_autograd(tiny):
 
 def test_report_records(tiny):
     records, summary = features.analyse(tiny["sae"], tiny["ffn"], "logits", tiny["y_NO"], tiny["x_NI"], tiny["labels_N"],
-                               top_k=4, mean_D=tiny["mean_O"], std_D=tiny["std_O"])
+                               top_k=4, space=tiny["space"])
     n_live = int((tiny["sae"].encode(tiny["z_NO"])[0] != 0).any(0).sum())
     assert len(records) == n_live and all(set(r) == REPORT_KEYS for r in records)
     rates = [r["firing_rate"] for r in records]
@@ -139,7 +140,7 @@ def test_hypothesis_wording():
 
 def test_figures(tiny):
     records, summary = features.analyse(tiny["sae"], tiny["ffn"], "logits", tiny["y_NO"], tiny["x_NI"], tiny["labels_N"],
-                               top_k=16, mean_D=tiny["mean_O"], std_D=tiny["std_O"])
+                               top_k=16, space=tiny["space"])
     r = records[0]
     fig = feature_plots.latent_figure(r, tiny["x_NI"][[ex["index"] for ex in r["top_k"]]])
     assert len(fig.axes) == 3
@@ -151,7 +152,7 @@ def test_figures(tiny):
 
 def test_summary_matches_records(tiny):
     records, summary = features.analyse(tiny["sae"], tiny["ffn"], "logits", tiny["y_NO"], tiny["x_NI"],
-                                        tiny["labels_N"], top_k=2, mean_D=tiny["mean_O"], std_D=tiny["std_O"])
+                                        tiny["labels_N"], top_k=2, space=tiny["space"])
     purity = np.array([r["purity"] for r in records])
     n_active = np.array([r["n_active"] for r in records])
     assert summary["n_latents"] == 12 and summary["n_live"] == len(records) == 11
@@ -204,7 +205,7 @@ def test_hidden_site_report(tiny):
     sae = SAE(SAEConfig(d_in=16, n_latents=8, theta_init=1.0, aux_k=4), generator=torch.Generator().manual_seed(2))
     sae.requires_grad_(False)
     records, summary = features.analyse(sae, ffn, "hidden", h_NH, x_NI, tiny["labels_N"], top_k=3,
-                                        mean_D=mean_H, std_D=std_H)
+                                        space=InputSpace(mean_H, std_H, True))
     assert summary["n_live"] == len(records) > 0
     for r in records:
         f = r["latent"]

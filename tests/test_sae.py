@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from mnist_sae import metrics
 from mnist_sae.sae import SAE, SAEConfig, jumprelu, reconstruct, sae_loss
 from mnist_sae.sae_train import TrainSettings, hard_l0_G, shift_thresholds_, train_sae
+from mnist_sae.space import InputSpace
 
 VARIANTS = [("jumprelu", "sigmoid"), ("jumprelu", "rectangle"), ("relu", "sigmoid"), ("topk", "sigmoid")]
 G, B, D, NF = 3, 5, 6, 12
@@ -39,7 +40,7 @@ def test_forward_backward_shapes(arch, ste):
     assert torch.equal(z_hat_GBD, sae.decode(sae.encode(z_BD)))
     aux_hat = sae.aux_decode(u_GBF, torch.ones(G, NF, dtype=torch.bool)) if arch == "topk" else None
     terms = sae_loss(z_BD, sae.decode(a_GBF), a_GBF, penalty_GB, torch.full((G,), 0.1), kl_coef=0.5,
-                     mean_D=randn(D, seed=2), std_D=randn(D, seed=3).abs() + 0.5, aux_hat_GBD=aux_hat)
+                     space=InputSpace(randn(D, seed=2), randn(D, seed=3).abs() + 0.5, True), aux_hat_GBD=aux_hat)
     assert all(v.shape == (G,) for k, v in terms.items() if k != "loss") and terms["loss"].shape == ()
     terms["loss"].backward()
     for name, param in sae.named_parameters():
@@ -151,7 +152,7 @@ def test_sae_loss_terms_by_hand():
     assert torch.allclose(t["total"], torch.tensor([1.25 + 0.25, 0.375]))
     assert torch.isclose(t["loss"], t["total"].sum())
     mean_D, std_D = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 3.0])
-    t = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, kl_coef=2.0, mean_D=mean_D, std_D=std_D)
+    t = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, kl_coef=2.0, space=InputSpace(mean_D, std_D, True))
     y, y_hat = z_BD * std_D + mean_D, z_hat_GBD[0] * std_D + mean_D
     assert math.isclose(t["kl"][0].item(), metrics.kl_divergence(y, y_hat), rel_tol=1e-5)
     assert t["kl"][1].abs() < 1e-6  # a perfect reconstruction loses nothing
@@ -163,12 +164,12 @@ def test_training_keeps_decoder_unit_norm_and_learns():
     sae = make("relu", "sigmoid", n_models=2)
     before = sae_loss(z_ND, *sae(z_ND), torch.zeros(2, 400), torch.zeros(2))["mse"]
     seen = []
-    hist = train_sae(sae, z_ND, [1e-3, 1e-1], TrainSettings(lr=1e-2, epochs=2, batch_size=8, log_every=10),
+    train_sae(sae, z_ND, [1e-3, 1e-1], TrainSettings(lr=1e-2, epochs=2, batch_size=8, log_every=10),
                      torch.Generator().manual_seed(0), on_step=lambda step, terms: seen.append((step, terms)))
     assert torch.allclose(sae.W_dec_GFD.norm(dim=-1), torch.ones(2, NF), atol=1e-6)
     after = sae_loss(z_ND, *sae(z_ND), torch.zeros(2, 400), torch.zeros(2))["mse"]
     assert (after < before).all()
-    assert [s for s, _ in seen] == hist.steps == list(range(10, 101, 10))
+    assert [s for s, _ in seen] == list(range(10, 101, 10))
     assert seen[0][1]["mse"].shape == (2,)
     l0_G = hard_l0_G(sae, z_ND)
     assert l0_G[1] < l0_G[0]  # more L1 pressure, fewer active latents
@@ -234,21 +235,36 @@ def test_bad_config_and_input():
         make("relu", "sigmoid").encode(torch.zeros(3, 5))
 
 
-def test_kl_map_is_the_identity_without_normalization():
-    """collect.normalize false: z are the logits, so the KL term must see z itself (issue 15)."""
-    from stages._sae_params import z_to_y_map
-
+@pytest.mark.parametrize("normalize", [True, False])
+def test_kl_term_compares_the_logits_for_both_normalize_flags(normalize):
+    """The KL term sees softmax(y) with y = space.to_y(z): the de-standardized logits when
+    collect.normalize is true, z itself when it is false (z are then the logits: issue 15's bug
+    applied the train statistics regardless)."""
     mean_D, std_D = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 4.0, 0.25])
-    m_D, s_D = z_to_y_map({"normalize": True}, mean_D, std_D)
-    assert m_D is mean_D and s_D is std_D
-    m_D, s_D = z_to_y_map({"normalize": False}, mean_D, std_D)
+    space = InputSpace(mean_D, std_D, normalize)
     g = torch.Generator().manual_seed(0)
     z_BD, z_hat_1BD = torch.randn(5, 3, generator=g), torch.randn(1, 5, 3, generator=g)
-    terms = sae_loss(z_BD, z_hat_1BD, torch.ones(1, 5, 2), torch.zeros(1, 5), torch.zeros(1), kl_coef=1.0,
-                     mean_D=m_D, std_D=s_D)
-    logp, logq = F.log_softmax(z_BD, -1), F.log_softmax(z_hat_1BD[0], -1)
+    terms = sae_loss(z_BD, z_hat_1BD, torch.ones(1, 5, 2), torch.zeros(1, 5), torch.zeros(1), kl_coef=1.0, space=space)
+    y_BD, y_hat_BD = (z_BD * std_D + mean_D, z_hat_1BD[0] * std_D + mean_D) if normalize else (z_BD, z_hat_1BD[0])
+    logp, logq = F.log_softmax(y_BD, -1), F.log_softmax(y_hat_BD, -1)
     assert terms["kl"].item() == pytest.approx((logp.exp() * (logp - logq)).sum(-1).mean().item(), rel=1e-6)
-    # the old behaviour (train statistics on raw logits) gives another value: the test can fail
-    wrong = sae_loss(z_BD, z_hat_1BD, torch.ones(1, 5, 2), torch.zeros(1, 5), torch.zeros(1), kl_coef=1.0,
-                     mean_D=mean_D, std_D=std_D)
-    assert abs(wrong["kl"].item() - terms["kl"].item()) > 1e-3
+    # the other flag's map gives another value: the test can fail
+    other = sae_loss(z_BD, z_hat_1BD, torch.ones(1, 5, 2), torch.zeros(1, 5), torch.zeros(1), kl_coef=1.0,
+                     space=InputSpace(mean_D, std_D, not normalize))
+    assert abs(other["kl"].item() - terms["kl"].item()) > 1e-3
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_input_space_round_trip_and_directions(normalize):
+    mean_D, std_D = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 4.0, 0.25])
+    space = InputSpace(mean_D, std_D, normalize)
+    y_ND = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    z_ND = space.to_z(y_ND)
+    assert torch.allclose(z_ND, (y_ND - mean_D) / std_D if normalize else y_ND)
+    assert torch.allclose(space.to_y(z_ND), y_ND, atol=1e-6)
+    # a difference of z rows maps to the difference of their y rows (the mean cancels)
+    assert torch.allclose(space.to_y_delta(z_ND[0] - z_ND[1]), y_ND[0] - y_ND[1], atol=1e-6)
+    with pytest.raises(ValueError, match="3 dimensions"):
+        space.to_z(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="two vectors"):
+        InputSpace(mean_D, std_D[:2], normalize)
