@@ -104,6 +104,8 @@ CASES = [
     ("acts_cache", {"acts.source": "raw:x.mmap:int8:768"}, ["acts.source", "float16|float32|bfloat16"]),
     ("acts_model", {"acts.model.n_heads": 3}, ["acts.model.n_heads", "3", "divide d_model"]),
     ("acts_sae", {"acts.sae.kl_coef": 1.0}, ["acts.sae.kl_coef", "1.0", "must be 0.0"]),
+    ("acts_sae", {"acts.sae.seeds": 3}, ["acts.sae.seeds", "3", "must be 1"]),
+    ("check_params", {"acts.sae.seeds": 2}, ["acts.sae.seeds", "2", "must be 1"]),
     ("acts_sae", {"acts.sae.lambda": 0.0}, ["acts.sae.lambda", "0.0", "> 0"]),
     ("acts_sae", {"acts.sae.target_l0": 600.0}, ["acts.sae.target_l0", "600.0", "<= n_latents"]),
     ("acts_eval", {"acts.eval.dense_threshold": 1.0}, ["acts.eval.dense_threshold", "1.0", "[0, 1)"]),
