@@ -61,6 +61,7 @@ class EvalParams:
     probe_max_iter: int = field(metadata=POSITIVE)  # lbfgs iterations
     top_latents: int = field(metadata=POSITIVE)  # most-used latents in the usage table and heat map
     max_rows: int = field(metadata=POSITIVE)  # a split with more rows is scored on a seeded subsample of this many
+    chunk_rows: int = field(metadata=POSITIVE)  # rows per chunk of every pass over a split (memory ~ one chunk)
     seed: int = field(metadata=NON_NEGATIVE)  # probe subsample and fit
 
 
