@@ -109,6 +109,7 @@ CASES = [
     ("acts_sae", {"acts.sae.lambda": 0.0}, ["acts.sae.lambda", "0.0", "> 0"]),
     ("acts_sae", {"acts.sae.target_l0": 600.0}, ["acts.sae.target_l0", "600.0", "<= n_latents"]),
     ("acts_eval", {"acts.eval.dense_threshold": 1.0}, ["acts.eval.dense_threshold", "1.0", "[0, 1)"]),
+    ("acts_eval", {"acts.eval.chunk_rows": 0}, ["acts.eval.chunk_rows", "0", "> 0"]),
     ("acts_sae", {"acts.sae.optimizer": "sgd"}, ["acts.sae.optimizer", "'sgd'", "'adam', 'adamw'"]),
     ("acts_sae", {"acts.sae.weight_decay": 0.1}, ["acts.sae.weight_decay", "0.1", "only with optimizer adamw"]),
     ("acts_cache", {"acts.source": "planted", "acts.meta": "m.npz"}, ["acts.labels", "'m.npz'", "the planted source"]),
