@@ -1,5 +1,6 @@
 """Ground-truth metrics against hand-computed values, and a TopK SAE that must find the truth."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -100,3 +101,31 @@ def test_aggregate_and_report_carry_the_core_metrics():
     md = truth_bench.markdown_report(agg, {}, [])
     assert "Core metrics at L0 = 2" in md and "| sae_topk " in md and "0.8500" in md
     assert "| CE score" not in md  # head-free: the columns no row has are left out
+
+
+def test_bench_fits_only_the_chosen_methods_and_each_as_in_the_full_bench(one_thread):
+    """archs / baselines pick methods; a chosen method's row is the full bench's row for it (no
+    shared random state between methods), and an unknown name is an error."""
+    from mnist_sae.planted import PlantedSpec, generate
+
+    pl = generate(PlantedSpec(n_features=8, d=4, p_min=0.1, p_max=0.4), 600, seed=0)
+    c_NT = np.zeros((600, 8), np.float32)
+    c_NT[pl.row_M, pl.col_M] = pl.val_M
+    x_ND = np.asarray(pl.x_ND)
+    full = truth_bench.BenchSettings(n_latents=8, lr=1e-2, epochs=1, batch_size=32, lambdas=(1e-3, 1e-1, 1.0),
+                                     refine=0, tau=0.1, bandwidth=0.05, theta_init=0.1, aux_k=4, aux_coef=1 / 32,
+                                     dead_steps=50, lr_decay=0.2, shift_thresholds=True, kmeans_n_init=1,
+                                     kmeans_max_iter=10, recovered_cosine=0.9)
+    args = (x_ND[:400], x_ND[400:500], x_ND[500:], c_NT[500:], pl.W_true_TD, [1, 2])
+
+    def run(s):
+        return truth_bench.score_seed(*args, s, seed=0, log=lambda _: None)
+
+    rows = run(full)
+    assert [r["method"] for r in rows] == list(truth_bench.BASELINES + truth_bench.SAE_VARIANTS) * 2
+    some = run(dataclasses.replace(full, archs=["sae_topk", "sae_relu"], baselines=["random"]))
+    assert [(r["method"], r["k"]) for r in some] == [(m, k) for k in (1, 2) for m in ("random", "sae_relu", "sae_topk")]
+    assert some == [r for r in rows if r["method"] in ("random", "sae_relu", "sae_topk")]
+    with pytest.raises(ValueError, match="unknown methods"):
+        run(dataclasses.replace(full, archs=["sae_gated"]))
+
