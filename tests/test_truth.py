@@ -129,3 +129,49 @@ def test_bench_fits_only_the_chosen_methods_and_each_as_in_the_full_bench(one_th
     with pytest.raises(ValueError, match="unknown methods"):
         run(dataclasses.replace(full, archs=["sae_gated"]))
 
+
+def _classic():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("truth_classic", ROOT / "scripts" / "truth_classic.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_classic_toy_settings_are_valid_params():
+    """Every -S of the classic toy's command names a key params.yaml has, and the edited file
+    passes check_params (so a 15-minute run cannot die on a typo)."""
+    from ruamel.yaml import YAML
+
+    from conftest import ROOT
+    from stages.check_params import check
+
+    raw = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    for key, value in _classic().SETTINGS:
+        section, name = key.split(".")
+        assert name in raw[section], key
+        raw[section][name] = value
+    check(raw)
+
+
+def test_classic_toy_record_from_truth_json():
+    """The record's numbers are the experiment's means over seeds, and the sentence compares the
+    ReLU SAE's best MMCS with the literature's."""
+    tc = _classic()
+
+    def row(seed, method, mmcs):
+        return {"method": method, "k": 5, **{m: 0.5 for m in truth_bench.METRICS}, "mmcs": mmcs}
+    agg = truth_bench.aggregate({0: [row(0, "sae_relu", 0.90), row(0, "random", 0.2)],
+                                 1: [row(1, "sae_relu", 0.94), row(1, "random", 0.2)]})
+    truth_json = {"methods": agg, "seeds": [0, 1], "l0": [5]}
+    params = {"planted": {"n_features": 512, "d": 256, "n_rows": 1000, "p_min": 0.0014, "p_max": 0.73,
+                          "zipf_exponent": 1.0, "mag_mean": 0.5, "mag_std": 0.29, "corr_rank": 0},
+              "truth": {"archs": ["sae_relu"], "baselines": ["random"], "n_latents": 512}}
+    run = {"command": "dvc exp run ...", "experiment": "x", "rev": "0" * 40, "wall_s": 60.0, "cpu": "CPU", "cores": 2}
+    rec, md = tc.build_record(truth_json, params, run)
+    assert rec["results"]["sae_relu"]["k5"]["mmcs"] == pytest.approx(0.92)
+    assert "| sae_relu | 5 " in md and "0.920" in md and "1.0 min wall" in md
+    assert f"MMCS 0.920 against the ~{tc.LITERATURE_MMCS}" in md and "(-0.040)" in md
