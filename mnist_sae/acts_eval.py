@@ -10,9 +10,19 @@ codes vs raw activations, per layer, same rows and budget, with per-class precis
 Feature usage: each latent's firings by layer, by token and by label on the test split. With a
 planted source (the cache carries the truth): the ground-truth metrics of mnist_sae.truth (MMCS,
 MCC, recovered fraction, uniqueness, mean precision / recall / F1 of firing) on the test split.
+
+Streaming: no split is read whole. score_split makes two passes over a split's rows in chunks
+from the memmap (the rows' means, then the SAE), accumulating float64 sums (RowSums) from which
+the metrics are formed as in mnist_sae.metrics; the probes, usage counts and ground truth visit
+the same chunks. Memory is one chunk (plus per-row index arrays and, for the truth, two booleans of
+firing per row and matched pair).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,31 +35,191 @@ from mnist_sae.sae import SAE, reconstruct
 from mnist_sae.space import InputSpace
 
 
-class SplitRecon:
-    """x (source units), z (standardized), their reconstructions and the codes of one split."""
+@dataclass(frozen=True)
+class EvalSettings:
+    dense_threshold: float  # a latent is dense when active on more than this share of the rows
+    probe_token: int | None  # probes read this token's rows; None = all
+    probe_n_train: int  # train rows per probe (seeded subsample), the same for codes and raw
+    probe_C: float  # inverse L2 strength of the logistic probes
+    probe_max_iter: int  # lbfgs iterations
+    seed: int  # probe subsample and fit
+    chunk_rows: int  # rows per chunk of every pass over a split (memory)
 
-    def __init__(self, cache: Cache, split: str, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor,
-                 keep_N: np.ndarray | None = None):
-        """keep_N (bool over the split's rows): only those rows (e.g. one layer's)."""
-        self.rows_N = cache.splits[split] if keep_N is None else cache.splits[split][keep_N]
-        self.x_ND = torch.from_numpy(cache.load_rows(self.rows_N))
-        space = InputSpace(mean_D, std_D, True)
-        self.z_ND = space.to_z(self.x_ND)
-        self.z_hat_ND, self.a_NF = (t.cpu() for t in reconstruct(sae, self.z_ND))  # the SAE may sit on CUDA
-        self.x_hat_ND = space.to_y(self.z_hat_ND)
 
-    def metrics(self, centre_D: torch.Tensor, dense_threshold: float, keep_N: np.ndarray | None = None) -> dict:
-        if keep_N is None:
-            keep_N = slice(None)
-        keep_N = torch.as_tensor(keep_N) if not isinstance(keep_N, slice) else keep_N
-        return metrics.reconstruction(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.z_ND[keep_N],
-                                      self.z_hat_ND[keep_N], self.a_NF[keep_N], centre_D, dense_threshold)
+# --- streaming: a split is read from the memmap one chunk of rows at a time ---------------------------
 
-    def core(self, keep_N: np.ndarray | None = None, **head) -> dict:
-        """metrics.core_metrics of the kept rows in the source's units; `head` = the labels and
-        clean / spliced / zero-ablated logits of core_metrics (spliced_head), or nothing."""
-        keep_N = slice(None) if keep_N is None else torch.as_tensor(keep_N)
-        return metrics.core_metrics(self.x_ND[keep_N], self.x_hat_ND[keep_N], self.a_NF[keep_N], **head)
+
+class Chunk(NamedTuple):
+    """One chunk of a split's scored rows: their positions among those rows, the cache rows, x
+    (source units), z (standardized), the reconstructions and the codes."""
+    pos_B: np.ndarray
+    rows_B: np.ndarray
+    x_BD: torch.Tensor
+    z_BD: torch.Tensor
+    z_hat_BD: torch.Tensor
+    x_hat_BD: torch.Tensor
+    a_BF: torch.Tensor
+
+
+def recon_chunks(cache: Cache, rows_N: np.ndarray, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, chunk: int):
+    """The SAE on rows_N, `chunk` rows at a time (memory: one chunk, whatever the split's size).
+    reconstruct runs in pieces of 4096 rows, so a chunk that is a multiple of 4096 gives every row
+    the bits of one pass over the whole split."""
+    space = InputSpace(mean_D, std_D, True)
+    for i, x_BD in cache.acts.chunks(rows_N, chunk):
+        x_BD = torch.from_numpy(x_BD)
+        z_BD = space.to_z(x_BD)
+        z_hat_BD, a_BF = (t.cpu() for t in reconstruct(sae, z_BD))  # the SAE may sit on CUDA
+        yield Chunk(np.arange(i, i + len(x_BD)), rows_N[i:i + len(x_BD)], x_BD, z_BD, z_hat_BD,
+                    space.to_y(z_hat_BD), a_BF)
+
+
+def _groups(group_N: np.ndarray | None, groups: list[int], start: int, n: int):
+    """("all", None), then (g, bool mask of rows start..start+n in group g) for each g."""
+    yield "all", None
+    for g in groups:
+        yield g, torch.from_numpy(group_N[start:start + n] == g)
+
+
+def group_means(cache: Cache, rows_N: np.ndarray, group_N: np.ndarray | None, groups: list[int], chunk: int) -> dict:
+    """{"all": mean_D of rows_N, g: mean_D of the rows with group_N == g}, float64, summed chunk by
+    chunk (NaN for a group without rows): the first pass of score_split."""
+    sum_D = {g: torch.zeros(cache.acts.d, dtype=torch.float64) for g in ["all", *groups]}
+    n = dict.fromkeys(sum_D, 0)
+    for i, x_BD in cache.acts.chunks(rows_N, chunk):
+        x_BD = torch.from_numpy(x_BD).double()
+        for g, keep_B in _groups(group_N, groups, i, len(x_BD)):
+            x_gD = x_BD if keep_B is None else x_BD[keep_B]
+            sum_D[g] += x_gD.sum(0)
+            n[g] += len(x_gD)
+    return {g: s_D / n[g] for g, s_D in sum_D.items()}
+
+
+class RowSums:
+    """metrics.reconstruction and the row part of metrics.core_metrics over chunks of rows: float64
+    sums of the same per-row terms, then the same divisions. One chunk gives those functions'
+    numbers bit for bit; more chunks change only the float64 summation order (tests/test_acts.py
+    checks both). Explained variance is about the rows' own mean, mean_D (float64: group_means);
+    the centred relative bias about centre_D (the train mean)."""
+
+    KEYS = ("sse", "sst", "mse", "mse_norm", "cos", "l2", "l2_rows", "bias_num", "bias_den", "raw_bias_num",
+            "raw_bias_den", "l0", "l1")
+
+    def __init__(self, mean_D: torch.Tensor, centre_D: torch.Tensor):
+        self.mean_D, self.centre_D = mean_D, centre_D
+        self.n, self.fired_F = 0, None
+        self.sum = {k: torch.zeros((), dtype=torch.float64) for k in self.KEYS}
+
+    def add(self, x_BD: torch.Tensor, z_BD: torch.Tensor, z_hat_BD: torch.Tensor, x_hat_BD: torch.Tensor,
+            a_BF: torch.Tensor) -> None:
+        x, x_hat = x_BD.double(), x_hat_BD.double()
+        norm_B, norm_hat_B = x.norm(dim=1), x_hat.norm(dim=1)
+        xc, xc_hat = (x_BD - self.centre_D).double(), (x_hat_BD - self.centre_D).double()
+        terms = {"sse": (x - x_hat).pow(2).sum(), "sst": (x - self.mean_D).pow(2).sum(),
+                 "mse": metrics.mse_per_example(x_BD, x_hat_BD).sum(),
+                 "mse_norm": metrics.mse_per_example(z_BD, z_hat_BD).sum(),
+                 "cos": ((x * x_hat).sum(dim=1) / (norm_B * norm_hat_B).clamp(min=1e-12)).sum(),
+                 "l2": (norm_hat_B[norm_B > 0] / norm_B[norm_B > 0]).sum(), "l2_rows": (norm_B > 0).sum(),
+                 "bias_num": xc_hat.pow(2).sum(), "bias_den": (xc_hat * xc).sum(),
+                 "raw_bias_num": x_hat.pow(2).sum(), "raw_bias_den": (x_hat * x).sum(),
+                 "l0": metrics.l0_per_example(a_BF).double().sum(), "l1": a_BF.double().abs().sum(dim=1).sum()}
+        for k, v in terms.items():
+            self.sum[k] += v
+        fired_F = (a_BF != 0).sum(0)
+        self.fired_F = fired_F if self.fired_F is None else self.fired_F + fired_F
+        self.n += len(x_BD)
+
+    def scores(self, dense_threshold: float) -> dict:
+        """metrics.reconstruction's dict plus "core" (core_metrics' reconstruction and sparsity keys)."""
+        s, n = {k: v.item() if k == "l2_rows" else v for k, v in self.sum.items()}, self.n
+        freq_F = self.fired_F.double() / n  # metrics.latent_frequency
+        ev = (1.0 - s["sse"] / s["sst"]).item()
+        shared = {"mse": (s["mse"] / n).item(), "explained_variance": ev, "cosine_similarity": (s["cos"] / n).item(),
+                  "l2_ratio": (s["l2"] / s["l2_rows"]).item(), "l0": (s["l0"] / n).item()}
+        core = {**shared, "relative_reconstruction_bias": (s["raw_bias_num"] / s["raw_bias_den"]).item(),
+                "l1": (s["l1"] / n).item(), "alive_fraction": metrics.alive_fraction(freq_F),
+                "freq_over_1_percent": metrics.dense_fraction(freq_F, 0.01),
+                "freq_over_10_percent": metrics.dense_fraction(freq_F, 0.1)}
+        return {**shared, "mse_norm": (s["mse_norm"] / n).item(),
+                "relative_reconstruction_bias": (s["bias_num"] / s["bias_den"]).item(),
+                "dead_fraction": metrics.dead_fraction(freq_F),
+                "dense_fraction": metrics.dense_fraction(freq_F, dense_threshold), "core": core}
+
+
+def score_split(cache: Cache, rows_N: np.ndarray, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor,
+                layers: list[int], dense_threshold: float, chunk: int, visitors=()) -> dict:
+    """RowSums.scores of the SAE on rows_N, and "per_layer" ({layer: the same on that layer's rows};
+    empty without layers), in two passes over the memmap (the rows' means, then the SAE): memory
+    is one chunk. Each visitor is called with every Chunk (usage counts, probes, truth)."""
+    layer_N = cache.meta["layer"][rows_N] if layers else None
+    sums = {g: RowSums(m_D, mean_D) for g, m_D in group_means(cache, rows_N, layer_N, layers, chunk).items()}
+    for ch in recon_chunks(cache, rows_N, sae, mean_D, std_D, chunk):
+        for g, keep_B in _groups(layer_N, layers, int(ch.pos_B[0]), len(ch.pos_B)):
+            sums[g].add(*(t if keep_B is None else t[keep_B] for t in ch[2:]))
+        for visit in visitors:
+            visit(ch)
+    return sums.pop("all").scores(dense_threshold) | {"per_layer": {str(l): s.scores(dense_threshold)
+                                                                      for l, s in sums.items()}}
+
+
+def core_downstream(**head) -> dict:
+    """metrics.core_metrics' downstream keys (CE / KL scores against zero ablation) from
+    labels_E and the logits alone, for rows scored by RowSums: core_metrics is called on one zero
+    row and only metrics.CORE_DOWNSTREAM_KEYS are kept, so the scores keep their one definition."""
+    zero_1D = torch.zeros(1, 1)
+    core = metrics.core_metrics(zero_1D, zero_1D, **head)
+    return {k: core[k] for k in metrics.CORE_DOWNSTREAM_KEYS}
+
+
+def scored_rows(rows_N: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """rows_N, or a seeded subsample of max_rows of them (in order) when there are more: what
+    acts_eval scores of a split (a budget of time; memory is one chunk either way)."""
+    keep_N = row_subsample(len(rows_N), max_rows, seed)
+    return rows_N if keep_N is None else rows_N[keep_N]
+
+
+def row_subsample(n: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """A bool mask over n rows keeping a seeded uniform subsample of max_rows of them (in order),
+    or None when all n fit."""
+    if n <= max_rows:
+        return None
+    keep_N = np.zeros(n, dtype=bool)
+    keep_N[np.random.default_rng(seed).choice(n, max_rows, replace=False)] = True
+    return keep_N
+
+
+class CacheScores(NamedTuple):
+    splits: dict  # {split: score_split's dict}
+    probes: dict  # {layer: {"codes" | "raw": metrics.per_class_prf}}; {} without labels
+    probe_rows: int  # train rows per probe
+    columns: dict  # {name: the test rows' values} of the usage columns (layer, token, label where present)
+    usage: dict  # feature_usage of the test split
+    truth: dict | None  # TruthFiring.scores of the test split (planted caches)
+
+
+def score_cache(cache: Cache, rows: dict[str, np.ndarray], sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor,
+                layers: list[int], s: EvalSettings) -> CacheScores:
+    """score_split of train, val and test (rows: each split's scored rows), streamed; the train
+    pass keeps the probes' rows, the probes are fitted, and the test pass feeds the probes, the
+    usage counts and (planted) the ground truth."""
+    probes = Probes(cache, rows, layers, s) if cache.labels_R is not None else None
+    columns = {k: cache.meta[k][rows["test"]] for k in ("layer", "token") if k in cache.meta}
+    if cache.labels_R is not None:
+        columns["label"] = cache.labels_R[rows["test"]]
+    usage = UsageCounts(columns)
+    true = None if cache.truth is None else TruthFiring(sae, std_D, cache.truth)
+    score = partial(score_split, cache, sae=sae, mean_D=mean_D, std_D=std_D, layers=layers,
+                    dense_threshold=s.dense_threshold, chunk=s.chunk_rows)
+    splits = {"train": score(rows_N=rows["train"], visitors=[probes.gather] if probes else [])}
+    splits["val"] = score(rows_N=rows["val"])
+    if probes:
+        probes.fit()
+    splits["test"] = score(rows_N=rows["test"], visitors=[v for v in (usage, true, probes and probes.predict) if v])
+    return CacheScores(splits, probes.scores() if probes else {}, probes.n_train if probes else 0, columns,
+                       usage.usage, true and true.scores())
+
+
+# --- with the transformer: the reconstruction spliced back into the model ------------------------------
 
 
 def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
@@ -75,22 +245,27 @@ def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO:
     return out
 
 
+def token_means(cache: Cache, rows_N: np.ndarray, layers: list[int], n_tokens: int) -> dict[int, torch.Tensor]:
+    """{layer: mean_SD}, the mean residual per token of the given rows at that layer (float32): the
+    mean ablation. One (layer, token) holds one row per example, so each is read on its own (at
+    most the prepared test split's images), not the split."""
+    layer_N, token_N = cache.meta["layer"][rows_N], cache.meta["token"][rows_N]
+    return {l: torch.stack([torch.from_numpy(cache.load_rows(rows_N[(layer_N == l) & (token_N == t)])).mean(0)
+                            for t in range(n_tokens)]) for l in layers}
+
+
 def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, y_E: torch.Tensor,
-                  train: SplitRecon, cache: Cache, layers: list[int]) -> tuple[dict[str, dict], dict[str, dict]]:
+                  mean_LSD: dict[int, torch.Tensor], layers: list[int]) -> tuple[dict[str, dict], dict[str, dict]]:
     """({layer: splice_summary}, {layer: spliced_head}) for images x_EI: the SAE's reconstruction
-    spliced in after each layer at every token, the mean ablation (the train rows' mean per token
-    at that layer) and the zero ablation (the residual after that layer set to 0, SAEBench's).
+    spliced in after each layer at every token, the mean ablation (mean_LSD[layer], token_means of
+    the train rows) and the zero ablation (the residual after that layer set to 0, SAEBench's).
     spliced_head holds core_metrics' keyword arguments: labels_E, logits_{clean,sae,zero}_EO."""
     from mnist_sae.vit import spliced_logits
 
     out, heads = {}, {}
     for l in layers:
-        at_l = cache.meta["layer"][train.rows_N] == l
-        tok_N = torch.from_numpy(cache.meta["token"][train.rows_N][at_l])
-        x_l_ND = train.x_ND[torch.from_numpy(at_l)]
-        mean_SD = torch.stack([x_l_ND[tok_N == t].mean(0) for t in range(model.cfg.n_tokens)])
         clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
-        _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_SD.expand_as(r_BSD))
+        _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_LSD[l].expand_as(r_BSD))
         _, zero_NO = spliced_logits(model, x_EI, l, torch.zeros_like)
         out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
         heads[str(l)] = {"labels_E": y_E, "logits_clean_EO": clean_NO, "logits_sae_EO": spliced_NO,
@@ -98,42 +273,56 @@ def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_
     return out, heads
 
 
-def truth_metrics(sae: SAE, std_D: torch.Tensor, true: Truth, rows_N: np.ndarray, a_NF: torch.Tensor,
-                  threshold: float = truth.RECOVERED_COSINE) -> dict:
-    """mnist_sae.truth.truth_scores of the SAE's dictionary against the planted features on the
-    given rows. The SAE reads z = (x - mean) / std, so x_hat = mean + std * (b_dec + a @ W_dec):
-    latent f's atom in the cache's units is std_D * w_f (elementwise), and that is what is
-    compared with the true directions (comparing w_f itself would bend every direction by the
-    per-dimension scaling)."""
-    W_dec_FD = (sae.W_dec_GFD[0].detach().cpu() * std_D).double().numpy()
-    out = truth.truth_scores(W_dec_FD, true.W_true_TD, a_NF.numpy(), true.codes(rows_N), threshold)
-    return {**out, "recovered_cosine": threshold, "n_features": int(true.W_true_TD.shape[0])}
-
-
-def score_layer_saes(layer_ckpts: dict, cache: Cache, dense_threshold: float, device: str = "cpu", splice=None,
-                     keep_N: np.ndarray | None = None) -> dict:
-    """{layer: {"test": SplitRecon metrics, "spliced": splice(...)}} of the per-layer SAEs of
-    acts_sae ({layer: checkpoint}), each on its own layer's test rows (of those keep_N keeps);
+def score_layer_saes(layer_ckpts: dict, cache: Cache, rows_N: np.ndarray, dense_threshold: float, chunk: int,
+                     device: str = "cpu", splice=None) -> dict:
+    """{layer: {"test": metrics.reconstruction's keys, "spliced": splice(...)}} of the per-layer SAEs
+    of acts_sae ({layer: checkpoint}), each on its own layer's rows of rows_N (the scored test rows);
     splice(sae, mean_D, std_D, layer) -> splice_summary, or None without a head."""
     out = {}
     for l, c in sorted(layer_ckpts.items()):
         sae = SAE.from_checkpoint(c["sae"]).eval().to(device)
-        at_l = cache.meta["layer"][cache.splits["test"]] == int(l)
-        r = SplitRecon(cache, "test", sae, c["mean_D"], c["std_D"], at_l if keep_N is None else at_l & keep_N)
-        out[l] = {"test": r.metrics(c["mean_D"], dense_threshold)}
+        rows_l = rows_N[cache.meta["layer"][rows_N] == int(l)]
+        test = score_split(cache, rows_l, sae, c["mean_D"], c["std_D"], [], dense_threshold, chunk)
+        out[l] = {"test": {k: v for k, v in test.items() if k not in ("core", "per_layer")}}
         if splice is not None:
             out[l]["spliced"] = splice(sae, c["mean_D"], c["std_D"], int(l))
     return out
 
 
-def row_subsample(n: int, max_rows: int, seed: int) -> np.ndarray | None:
-    """A bool mask over n rows keeping a seeded uniform subsample of max_rows of them (in order),
-    or None when all n fit: what acts_eval scores of a split too large to hold."""
-    if n <= max_rows:
-        return None
-    keep_N = np.zeros(n, dtype=bool)
-    keep_N[np.random.default_rng(seed).choice(n, max_rows, replace=False)] = True
-    return keep_N
+# --- visitors of a streamed split: ground truth, probes, feature usage ----------------------------------
+
+
+class TruthFiring:
+    """mnist_sae.truth's metrics of the SAE's dictionary against a planted cache's features on the
+    rows it is shown (add: a Chunk's rows and codes). The SAE reads z = (x - mean) / std, so
+    x_hat = mean + std * (b_dec + a @ W_dec): latent f's atom in the cache's units is std_D * w_f
+    (elementwise), and that is what is compared with the true directions (comparing w_f itself
+    would bend every direction by the per-dimension scaling). Kept per row: whether each matched
+    latent and its feature fire (2 bytes per row and pair, the rows at most acts.eval.max_rows)."""
+
+    def __init__(self, sae: SAE, std_D: torch.Tensor, true: Truth, threshold: float = truth.RECOVERED_COSINE):
+        self.W_dec_FD = (sae.W_dec_GFD[0].detach().cpu() * std_D).double().numpy()
+        self.true, self.threshold = true, threshold
+        self.f_P, self.t_P = truth.hungarian_match(truth.abs_cosines(self.W_dec_FD, true.W_true_TD))
+        self.live_F = np.zeros(len(self.W_dec_FD), dtype=bool)
+        self.on, self.true_on = [], []
+
+    def add(self, rows_B: np.ndarray, a_BF: torch.Tensor) -> None:
+        a_BF = a_BF.numpy()
+        self.live_F |= (a_BF != 0).any(0)
+        self.on.append(a_BF[:, self.f_P] != 0)
+        self.true_on.append(self.true.codes(rows_B)[:, self.t_P] != 0)
+
+    def __call__(self, ch: Chunk) -> None:
+        self.add(ch.rows_B, ch.a_BF)
+
+    def scores(self) -> dict:
+        # one "row" whose non-zeros are the live latents: truth_scores counts uniqueness over them
+        out = truth.truth_scores(self.W_dec_FD, self.true.W_true_TD, self.live_F[None, :], threshold=self.threshold)
+        pairs_P = np.arange(len(self.f_P))
+        prf = truth.firing_prf(np.concatenate(self.on), np.concatenate(self.true_on), pairs_P, pairs_P)
+        out.update({k[:-2]: float(v.mean()) for k, v in prf.items()})
+        return {**out, "recovered_cosine": self.threshold, "n_features": int(self.true.W_true_TD.shape[0])}
 
 
 def probe_rows(cache: Cache, rows_N: np.ndarray, layer: int | None, token: int | None) -> np.ndarray:
@@ -147,27 +336,92 @@ def probe_rows(cache: Cache, rows_N: np.ndarray, layer: int | None, token: int |
     return np.flatnonzero(keep_N)
 
 
-def compare_probes(feats_train: dict[str, np.ndarray], y_train_N: np.ndarray, feats_test: dict[str, np.ndarray],
-                   y_test_N: np.ndarray, n_classes: int, *, C: float, max_iter: int, seed: int) -> dict:
-    """{name: metrics.per_class_prf of a logistic probe fitted on feats_train[name]}: every
-    feature set is fitted on the same rows with the same settings (baselines.fit_probe)."""
-    out = {}
-    for name in feats_train:
-        probe = fit_probe(feats_train[name], y_train_N, C=C, max_iter=max_iter, seed=seed)
-        out[name] = metrics.per_class_prf(y_test_N, probe.predict(np.asarray(feats_test[name], dtype=np.float64)),
-                                          n_classes)
-    return out
+def _in_chunk(pos_P: np.ndarray, ch: Chunk) -> np.ndarray:
+    """Indices into the chunk of the sorted positions pos_P that fall in it."""
+    lo, hi = np.searchsorted(pos_P, [ch.pos_B[0], ch.pos_B[-1] + 1])
+    return pos_P[lo:hi] - ch.pos_B[0]
 
 
-def feature_usage(a_NF: torch.Tensor, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+class Probes:
+    """Logistic probes on SAE codes vs raw activations per layer (None: one over all rows), same
+    rows and budget for both (baselines.fit_probe): `gather` visits the train split's chunks and
+    keeps the probe rows' features (a seeded subsample of probe_n_train rows per layer), `fit`,
+    then `predict` visits the test split's chunks; `scores` = metrics.per_class_prf per layer."""
+
+    FEATURES = ("codes", "raw")
+
+    def __init__(self, cache: Cache, rows: dict[str, np.ndarray], layers: list[int], s: EvalSettings):
+        self.s, self.n_classes = s, int(cache.labels_R.max()) + 1
+        rng = np.random.default_rng(s.seed)
+        self.pos, self.y = {"train": {}, "test": {}}, {"train": {}, "test": {}}
+        for l in layers or [None]:
+            key = "all" if l is None else str(l)
+            tr = probe_rows(cache, rows["train"], l, s.probe_token)
+            self.pos["train"][key] = np.sort(rng.permutation(tr)[:s.probe_n_train])
+            self.pos["test"][key] = probe_rows(cache, rows["test"], l, s.probe_token)
+            for split in self.y:
+                self.y[split][key] = cache.labels_R[rows[split][self.pos[split][key]]]
+        self.kept = {k: {name: [] for name in self.FEATURES} for k in self.pos["train"]}  # train features
+        self.pred = {k: {name: [] for name in self.FEATURES} for k in self.pos["test"]}
+        self.probes = None
+
+    @staticmethod
+    def _features(ch: Chunk, i_P: np.ndarray) -> dict[str, np.ndarray]:
+        return {"codes": ch.a_BF[i_P].numpy(), "raw": ch.x_BD[i_P].numpy()}
+
+    def gather(self, ch: Chunk) -> None:
+        for key, pos_P in self.pos["train"].items():
+            for name, f in self._features(ch, _in_chunk(pos_P, ch)).items():
+                self.kept[key][name].append(f)
+
+    def fit(self) -> None:
+        s = self.s
+        self.probes = {key: {name: fit_probe(np.concatenate(parts), self.y["train"][key], C=s.probe_C,
+                                             max_iter=s.probe_max_iter, seed=s.seed) for name, parts in by.items()}
+                       for key, by in self.kept.items()}
+
+    def predict(self, ch: Chunk) -> None:
+        for key, pos_P in self.pos["test"].items():
+            i_P = _in_chunk(pos_P, ch)
+            if len(i_P):
+                for name, f in self._features(ch, i_P).items():
+                    self.pred[key][name].append(self.probes[key][name].predict(np.asarray(f, dtype=np.float64)))
+
+    @property
+    def n_train(self) -> int:
+        """Train rows of the last layer's probe (the same budget for every layer)."""
+        return len(list(self.pos["train"].values())[-1])
+
+    def scores(self) -> dict:
+        return {key: {name: metrics.per_class_prf(self.y["test"][key], np.concatenate(parts), self.n_classes)
+                      for name, parts in by.items()} for key, by in self.pred.items()}
+
+
+def feature_usage(a_NF: torch.Tensor, columns: dict[str, np.ndarray], sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """{"count_F": rows each latent fires on, name_FV: firings of latent f on rows with column
-    value v, for each named integer column (layer, token, label...)}, float64."""
+    value v, for each named integer column (layer, token, label...)}, float64; V = sizes[name]
+    (default the column's max + 1)."""
     fired_NF = (a_NF != 0).double()
     out = {"count_F": fired_NF.sum(0).numpy()}
     for name, col_N in columns.items():
-        onehot_NV = torch.nn.functional.one_hot(torch.from_numpy(col_N).long(), int(col_N.max()) + 1).double()
+        n_values = sizes[name] if sizes else int(col_N.max()) + 1
+        onehot_NV = torch.nn.functional.one_hot(torch.from_numpy(col_N).long(), n_values).double()
         out[name] = (fired_NF.T @ onehot_NV).numpy()
     return out
+
+
+class UsageCounts:
+    """feature_usage summed over a split's chunks (counts: exact in float64, whatever the chunks);
+    columns_N are over the split's scored rows."""
+
+    def __init__(self, columns_N: dict[str, np.ndarray]):
+        self.columns_N = columns_N
+        self.sizes = {name: int(c.max()) + 1 for name, c in columns_N.items()}
+        self.usage = None
+
+    def __call__(self, ch: Chunk) -> None:
+        u = feature_usage(ch.a_BF, {name: c[ch.pos_B] for name, c in self.columns_N.items()}, self.sizes)
+        self.usage = u if self.usage is None else {k: self.usage[k] + v for k, v in u.items()}
 
 
 def usage_table(usage: dict[str, np.ndarray], n_rows: int, top: int) -> list[dict]:

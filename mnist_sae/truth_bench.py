@@ -9,12 +9,16 @@ shift) on val, score on test.
 - Dictionaries (mnist_sae.dictionaries): PCA top-k (k atoms), k-means centroid directions and random
   unit directions (n_latents atoms each) with the top-k least-squares encoder (L0 = k).
 
+`BenchSettings.archs` / `.baselines` pick a subset (default: all): the classic 512/256 toy
+(README, "Planted ground truth") fits only the cheaper methods.
+
 The SAE input is the raw activation x (no per-dimension scaling, which would bend the planted
 directions); b_dec starts at the train mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +61,8 @@ class BenchSettings:
     kmeans_n_init: int
     kmeans_max_iter: int
     recovered_cosine: float  # matched |cos| at or above which a true feature counts as recovered
+    archs: Sequence[str] = SAE_VARIANTS  # the SAE variants fitted (a subset of SAE_VARIANTS)
+    baselines: Sequence[str] = BASELINES  # the dictionaries fitted (a subset of BASELINES)
 
 
 def fit_variant(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, s: BenchSettings, seed: int,
@@ -84,8 +90,8 @@ def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarr
                log=print) -> list[dict]:
     """Rows {"method", "k", "l0" (mean test L0), mcc, mmcs, recovered, uniqueness, precision,
     recall, f1, "core" (metrics.core_metrics of the test reconstruction, the head-free subset: no
-    model reads planted activations), and for SAEs lambda / theta_shift} for every method at every
-    k, on test."""
+    model reads planted activations), and for SAEs lambda / theta_shift} for every method of
+    s.baselines and s.archs at every k, on test, in the order of BASELINES then SAE_VARIANTS."""
     z_train_ND, z_val_ND, z_test_ND = (torch.from_numpy(np.asarray(x, np.float32)) for x in (x_train_ND, x_val_ND, x_test_ND))
     if max(ks) > min(z_train_ND.shape[1], s.n_latents):
         raise ValueError(f"score_seed: k = {max(ks)} exceeds min(D = {z_train_ND.shape[1]}, n_latents = {s.n_latents})")
@@ -103,16 +109,27 @@ def score_seed(x_train_ND: np.ndarray, x_val_ND: np.ndarray, x_test_ND: np.ndarr
         log(f"seed {seed} k={k} {method:24s} L0 {row['l0']:.2f}  MCC {row['mcc']:.3f}  MMCS {row['mmcs']:.3f}  "
             f"F1 {row['f1']:.3f}  recovered {row['recovered']:.2f}")
 
+    unknown = sorted(set(s.archs) - set(SAE_VARIANTS)) + sorted(set(s.baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"score_seed: unknown methods {unknown}; known: {METHODS}")
     mean_D = z_train_ND.double().mean(0).float()
-    components_KD, pca_mean_D = fit_pca(z_train_ND, max(ks))
-    C_FD = fit_kmeans(z_train_ND, s.n_latents, seed, s.kmeans_n_init, s.kmeans_max_iter)
+    # each baseline fitted once per seed (PCA at the largest k), and only when asked for
+    if "pca" in s.baselines:
+        components_KD, pca_mean_D = fit_pca(z_train_ND, max(ks))
+    if "kmeans" in s.baselines:
+        C_FD = fit_kmeans(z_train_ND, s.n_latents, seed, s.kmeans_n_init, s.kmeans_max_iter)
     W_rand_FD = random_directions(s.n_latents, z_train_ND.shape[1], torch.Generator().manual_seed(seed))
+
+    def dictionary(method, k):
+        if method == "pca":
+            return pca_dictionary(components_KD[:k], pca_mean_D)
+        return topk_dictionary(C_FD - mean_D if method == "kmeans" else W_rand_FD, mean_D, k)
+
     for k in ks:
-        for method, dic in (("pca", pca_dictionary(components_KD[:k], pca_mean_D)),
-                            ("kmeans", topk_dictionary(C_FD - mean_D, mean_D, k)),
-                            ("random", topk_dictionary(W_rand_FD, mean_D, k))):
+        for method in (m for m in BASELINES if m in s.baselines):
+            dic = dictionary(method, k)
             add(method, k, dic.W_dec_FD, dic.reconstruct(z_test_ND))
-        for variant in SAE_VARIANTS:
+        for variant in (v for v in SAE_VARIANTS if v in s.archs):
             sae, info = fit_variant(variant, k, z_train_ND, z_val_ND, s, seed, device)
             add(variant, k, sae.W_dec_GFD[0], reconstruct(sae, z_test_ND), info)
     return rows

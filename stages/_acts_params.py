@@ -61,6 +61,7 @@ class EvalParams:
     probe_max_iter: int = field(metadata=POSITIVE)  # lbfgs iterations
     top_latents: int = field(metadata=POSITIVE)  # most-used latents in the usage table and heat map
     max_rows: int = field(metadata=POSITIVE)  # a split with more rows is scored on a seeded subsample of this many
+    chunk_rows: int = field(metadata=POSITIVE)  # rows per chunk of every pass over a split (memory ~ one chunk)
     seed: int = field(metadata=NON_NEGATIVE)  # probe subsample and fit
 
 
@@ -102,6 +103,9 @@ class ActsParams:
     def validate(self, prefix: str) -> None:
         if self.sae.kl_coef != 0:
             raise ParamError(f"{prefix}.sae.kl_coef = {self.sae.kl_coef}: must be 0.0 (no logits at a residual site)")
+        if self.sae.seeds != 1:
+            raise ParamError(f"{prefix}.sae.seeds = {self.sae.seeds}: must be 1 (acts_sae trains one SAE, seed "
+                             f"{prefix}.sae.seed; vary that for another seed)")
         kind = parse_source(self.source).kind
         if kind in ("transformer", "planted") and (self.labels is not None or self.meta is not None):
             raise ParamError(f"{prefix}.labels = {self.labels!r}, meta = {self.meta!r}: only for npy: or raw: sources; "

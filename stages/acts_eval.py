@@ -10,6 +10,7 @@ of dvc.yaml's top-level plots).
 """
 
 import argparse
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -35,71 +36,46 @@ def main():
     ckpt = load_torch(args.sae_pt)
     sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), ckpt["mean_D"], ckpt["std_D"]
     layers = [int(v) for v in np.unique(cache.meta["layer"])] if "layer" in cache.meta else []
-    # a split larger than acts.eval.max_rows is scored on a seeded subsample of its rows
-    keep = {s: ae.row_subsample(len(cache.splits[s]), e.max_rows, e.seed + 1 + i) for i, s in enumerate(SPLITS)}
-    recon = {s: ae.SplitRecon(cache, s, sae, mean_D, std_D, keep[s]) for s in SPLITS}
-    splits = {}
-    for s, r in recon.items():
-        splits[s] = r.metrics(mean_D, e.dense_threshold) | {"core": r.core()}
-        at = {str(l): cache.meta["layer"][r.rows_N] == l for l in layers}
-        splits[s]["per_layer"] = {l: r.metrics(mean_D, e.dense_threshold, keep) | {"core": r.core(keep)}
-                                  for l, keep in at.items()}
+    # every split streams from the memmap in chunks of acts.eval.chunk_rows; one larger than
+    # acts.eval.max_rows is scored on a seeded subsample of its rows
+    rows = {name: ae.scored_rows(cache.splits[name], e.max_rows, e.seed + 1 + i) for i, name in enumerate(SPLITS)}
+    settings = ae.EvalSettings(**{f.name: getattr(e, f.name) for f in fields(ae.EvalSettings)})  # acts.eval's names
+    sc = ae.score_cache(cache, rows, sae, mean_D, std_D, layers, settings)
+    splits = sc.splits
 
-    spliced = {}
+    spliced, splice = {}, None
     if cache.info["kind"] == "transformer":
         model = ViT.from_checkpoint(load_torch(args.model_pt)["vit"]).eval()
         ex_E = np.unique(cache.meta["example"][cache.splits["test"]])
         x_NI, y_N = load_prepared(args.prep_dir, "test")
         index_E = np.load(f"{args.cache_dir}/example_index.npy")[ex_E]
         x_EI, y_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(y_N[index_E])
-        spliced, heads = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, recon["train"], cache, layers)
-        test = recon["test"]
+        mean_LSD = ae.token_means(cache, rows["train"], layers, model.cfg.n_tokens)
+        spliced, heads = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, mean_LSD, layers)
         for l, head in heads.items():  # the test rows at layer l are the tokens of exactly these examples
-            splits["test"]["per_layer"][l]["core"] = test.core(cache.meta["layer"][test.rows_N] == int(l), **head)
+            splits["test"]["per_layer"][l]["core"] |= ae.core_downstream(**head)
+        splice = (lambda sae_l, mean_l, std_l, l: ae.splice_layers(model, sae_l, mean_l, std_l, x_EI, y_E, mean_LSD,
+                                                                   [l])[0][str(l)])
+    per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, rows["test"], e.dense_threshold,
+                                         e.chunk_rows, device, splice)
+    usage_rows = ae.usage_table(sc.usage, len(rows["test"]), e.top_latents)
 
-    splice = None if not spliced else (lambda sae_l, mean_l, std_l, l: ae.splice_layers(
-        model, sae_l, mean_l, std_l, x_EI, y_E, recon["train"], cache, [l])[0][str(l)])
-    per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, e.dense_threshold, device, splice,
-                                         keep["test"])
-
-    probes, n_probe = {}, 0
-    if cache.labels_R is not None:
-        n_classes = int(cache.labels_R.max()) + 1
-        rng = np.random.default_rng(e.seed)
-        for l in layers or [None]:
-            tr = ae.probe_rows(cache, recon["train"].rows_N, l, e.probe_token)
-            tr = np.sort(rng.permutation(tr)[:e.probe_n_train])
-            te = ae.probe_rows(cache, recon["test"].rows_N, l, e.probe_token)
-            feats = [{"codes": recon[s].a_NF[i].numpy(), "raw": recon[s].x_ND[i].numpy()}
-                     for s, i in (("train", tr), ("test", te))]
-            labels = [cache.labels_R[recon[s].rows_N[i]] for s, i in (("train", tr), ("test", te))]
-            probes["all" if l is None else str(l)] = ae.compare_probes(feats[0], labels[0], feats[1], labels[1], n_classes,
-                                                                       C=e.probe_C, max_iter=e.probe_max_iter, seed=e.seed)
-            n_probe = len(tr)
-
-    test = recon["test"]
-    truth = None if cache.truth is None else ae.truth_metrics(sae, std_D, cache.truth, test.rows_N, test.a_NF)
-    columns = {k: cache.meta[k][test.rows_N] for k in ("layer", "token") if k in cache.meta}
-    if cache.labels_R is not None:
-        columns["label"] = cache.labels_R[test.rows_N]
-    usage = ae.feature_usage(test.a_NF, columns)
-    usage_rows = ae.usage_table(usage, len(test.rows_N), e.top_latents)
-
-    out = {"source": p.source, "probe_token": e.probe_token, "probe_rows": n_probe,
-           "rows_scored": {s: int(len(r.rows_N)) for s, r in recon.items()},
+    out = {"source": p.source, "probe_token": e.probe_token, "probe_rows": sc.probe_rows,
+           "rows_scored": {name: int(len(r)) for name, r in rows.items()},
            "cache": {k: cache.info[k] for k in ("kind", "d", "n_rows", "split_rows")},
            "sae": {"arch": sae.cfg.arch, "n_latents": sae.cfg.n_latents, "lambda": ckpt["lambda"],
                    "lambda_source": ckpt["lambda_source"]},
-           "splits": splits, "spliced": spliced, "probes": probes, "truth": truth,
+           "splits": splits, "spliced": spliced, "probes": sc.probes, "truth": sc.truth,
            "per_layer_saes": per_layer_saes, "device": device}
     write_text(args.report_md, ae.markdown_report(out, usage_rows))
-    out["probes"] = {l: {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in by.items()} for l, by in probes.items()}
+    out["probes"] = {l: {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in by.items()}
+                     for l, by in sc.probes.items()}
     with atomic_path(args.plots_dir) as tmp:
         tmp.mkdir()
-        ae.write_plot_csvs(tmp, splits["test"], spliced, usage, [r["latent"] for r in usage_rows])
-        save_figure(tmp / "usage.png", ae.usage_figure(usage, [r["latent"] for r in usage_rows], list(columns)))
+        ae.write_plot_csvs(tmp, splits["test"], spliced, sc.usage, [r["latent"] for r in usage_rows])
+        save_figure(tmp / "usage.png", ae.usage_figure(sc.usage, [r["latent"] for r in usage_rows], list(sc.columns)))
     write_json(args.metrics_json, out)
-    t = splits["test"]
+    t, truth = splits["test"], sc.truth
     print(f"test: EV {t['explained_variance']:.4f}, L0 {t['l0']:.2f}, dead {splits['val']['dead_fraction']:.3f}; "
           + " ".join(f"layer {l} drop {s['acc_drop_pp']:.2f} pp" for l, s in spliced.items())
           + (f"MCC {truth['mcc']:.4f}, recovered {truth['recovered']:.3f}, F1 {truth['f1']:.3f}" if truth else ""))

@@ -42,6 +42,14 @@ def summary(f) -> dict:
             "train_rows": f.train_rows}
 
 
+def fit_plan(p) -> FitPlan:
+    """The recipe of acts.sae (ActsParams p) as a FitPlan: one seed, lambda given or calibrated."""
+    s, c = p.sae, p.sae.calibration
+    return FitPlan(target_l0=s.target_l0, train=p.sae_settings(s.epochs, s.batch_size), seeds=(s.seed,), lam=s.lam,
+                   lambdas=tuple(lambda_grid(c.lambda_min, c.lambda_max, c.num)), refine=c.refine,
+                   calibration=p.sae_settings(c.epochs, c.batch_size), shift_thresholds=s.theta_shift)
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name in ("cache_dir", "sae_pt", "metrics_json", "curves_dir"):
@@ -51,9 +59,7 @@ def main():
     s, c = p.sae, p.sae.calibration
     cache = open_cache(args.cache_dir)
     cfg = s.config(cache.acts.d)
-    plan = FitPlan(target_l0=s.target_l0, train=p.sae_settings(s.epochs, s.batch_size), seeds=(s.seed,), lam=s.lam,
-                   lambdas=tuple(lambda_grid(c.lambda_min, c.lambda_max, c.num)), refine=c.refine,
-                   calibration=p.sae_settings(c.epochs, c.batch_size), shift_thresholds=s.theta_shift)
+    plan = fit_plan(p)
     train, val = cache.splits["train"], cache.splits["val"]
     layers = np.unique(cache.meta["layer"]).tolist() if p.per_layer and "layer" in cache.meta else []
     batch = max(s.batch_size, c.batch_size if s.arch != "topk" and s.lam is None else 0)

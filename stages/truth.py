@@ -19,9 +19,15 @@ from threadpoolctl import threadpool_limits
 from mnist_sae.data import DataError
 from mnist_sae.planted import load_planted
 from mnist_sae.sae_train import lambda_grid
-from mnist_sae.truth_bench import BenchSettings, aggregate, frontier_csvs, headline, markdown_report, score_seed
+from mnist_sae.truth_bench import (BASELINES, SAE_VARIANTS, BenchSettings, aggregate, frontier_csvs, headline,
+                                   markdown_report, score_seed)
 from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, atomic_path, load_device, load_params,
                             read_params_file, rule, run, setup_torch, write_json, write_text)
+
+
+def subset_of(names: tuple[str, ...]) -> dict:  # here, not in _common.py: every stage depends on that file
+    return rule(lambda v: len(set(v)) == len(v) and set(v) <= set(names),
+                "a list of distinct names from " + ", ".join(names))
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class TruthParams:
     kmeans_n_init: int = field(metadata=POSITIVE)  # k-means restarts
     kmeans_max_iter: int = field(metadata=POSITIVE)  # Lloyd iterations per restart
     recovered_cosine: float = field(metadata=rule(lambda v: 0 < v <= 1, "a number in (0, 1]"))  # matched |cos| that counts as recovered
+    archs: list[str] = field(metadata=subset_of(SAE_VARIANTS))  # the SAE variants fitted
+    baselines: list[str] = field(metadata=subset_of(BASELINES))  # the dictionary baselines fitted
 
     def validate(self, prefix: str) -> None:
         if sorted(set(self.l0)) != self.l0:
@@ -55,6 +63,8 @@ class TruthParams:
             raise ParamError(f"{prefix}.l0 = {self.l0}: at most n_latents = {self.n_latents}")
         if self.lambda_min >= self.lambda_max:
             raise ParamError(f"{prefix}.lambda_min = {self.lambda_min}: must be < lambda_max = {self.lambda_max}")
+        if not self.archs and not self.baselines:
+            raise ParamError(f"{prefix}.archs = []: archs and baselines are both empty; fit at least one method")
 
     def settings(self) -> BenchSettings:
         """The benchmark's settings: every field of the same name, plus the lambda grid."""
@@ -97,9 +107,12 @@ def main():
              f"recovered = matched |cos| >= {p.recovered_cosine:g}",
              f"SAEs: {p.epochs} epochs, batch {p.batch_size}, lr {p.lr:g}, lambda grid {p.lambda_num} points "
              f"{p.lambda_min:g}..{p.lambda_max:g} + {p.refine} bisection steps"]
+    # archs / baselines are left out of "params": the methods that ran are the keys of "methods"
+    # (and the default run's truth.json keeps its bytes)
+    written = {k: v for k, v in asdict(p).items() if k not in ("archs", "baselines")}
     write_json(args.metrics_json, {"headline": head, "methods": agg, "l0": p.l0, "seeds": planted["seeds"],
                                    "per_seed": {str(s): r for s, r in rows_by_seed.items()}, "device": device,
-                                   "params": asdict(p)})
+                                   "params": written})
     write_text(args.report_md, markdown_report(agg, head, notes) + "\n")
     with atomic_path(args.plots_dir) as tmp:
         tmp.mkdir()

@@ -14,9 +14,9 @@ import torch
 
 from conftest import clone_run, dvc, env, ran_stages, read_params, set_params
 from mnist_sae import metrics
-from mnist_sae.acts import (Activations, SourceSpec, check_finite, load_labels, load_meta, open_activations, open_cache,
-                            parse_source, split_by_example, stream_batches, to_float32, write_index, write_planted_source)
-from mnist_sae.acts_eval import truth_metrics
+from mnist_sae.acts import (Activations, SourceSpec, check_finite, fingerprint, load_labels, load_meta, open_activations,
+                            open_cache, parse_source, split_by_example, stream_batches, to_float32, write_index,
+                            write_planted_source)
 from mnist_sae.planted import PlantedSpec, generate
 from mnist_sae.sae import SAE, SAEConfig
 from mnist_sae.data import DataError
@@ -128,13 +128,22 @@ def test_truth_metrics_map_atoms_back_to_the_cache_units():
     with torch.no_grad():
         sae.W_dec_GFD[0] = w_FD / w_FD.norm(dim=1, keepdim=True)
     from mnist_sae.acts import Truth
+    from mnist_sae.acts_eval import TruthFiring
 
     true = Truth(pl.W_true_TD, pl.row_M, pl.col_M, pl.val_M)
     rows = np.arange(200)
     a_NF = torch.from_numpy(true.codes(rows))  # latent f fires exactly when feature f does
-    out = truth_metrics(sae, std_D, true, rows, a_NF)
+
+    def scores(std_D, chunk):
+        firing = TruthFiring(sae, std_D, true)
+        for i in range(0, 200, chunk):
+            firing.add(rows[i:i + chunk], a_NF[i:i + chunk])
+        return firing.scores()
+
+    out = scores(std_D, 200)
     assert out["mcc"] == pytest.approx(1.0) and out["recovered"] == 1.0 and out["f1"] == 1.0
-    assert truth_metrics(sae, torch.ones(4), true, rows, a_NF)["mcc"] < 0.99
+    assert scores(std_D, 7) == out  # firing counts: the same whatever the chunks
+    assert scores(torch.ones(4), 200)["mcc"] < 0.99
 
 
 # --- splits and batches ---------------------------------------------------------------------------
@@ -168,6 +177,81 @@ def test_row_subsample_is_seeded_and_exact():
     assert row_subsample(50, 50, seed=0) is None
     keep = row_subsample(1000, 37, seed=2)
     assert keep.dtype == bool and keep.sum() == 37 and np.array_equal(keep, row_subsample(1000, 37, seed=2))
+
+
+def _small_cache(tmp_path, n_examples=90, n_layers=2, n_tokens=3, d=6):
+    """An npy cache of n_examples x layers x tokens rows with labels and meta, split by example."""
+    rng = np.random.default_rng(0)
+    n = n_examples * n_layers * n_tokens
+    x_ND = (rng.normal(size=(n, d)) * [1, 2, 3, 0.5, 1, 4] + [5, 0, -1, 2, 0, 3]).astype(np.float16)
+    np.save(tmp_path / "x.npy", x_ND)
+    example_R = np.repeat(np.arange(n_examples), n_layers * n_tokens)
+    meta = {"example": example_R, "layer": np.tile(np.repeat(np.arange(n_layers), n_tokens), n_examples),
+            "token": np.tile(np.arange(n_tokens), n_examples * n_layers)}
+    labels_R = (example_R % 3).astype(np.int64)
+    splits = split_by_example(example_R, 0.2, 0.3, seed=0)
+    write_index(tmp_path, labels_R, meta, splits, {"kind": "npy", "path": str(tmp_path / "x.npy"), "d": d,
+                                                   "n_rows": n, "fingerprint": fingerprint(tmp_path / "x.npy")})
+    return open_cache(tmp_path)
+
+
+def test_streamed_scores_equal_the_whole_split_metrics(tmp_path):
+    """acts_eval reads a split in chunks (never whole): with one chunk its numbers are those of
+    metrics.reconstruction and metrics.core_metrics on the whole split in memory, bit for bit;
+    with chunks of 7 rows they agree to float64 rounding, per layer too, and the usage counts
+    and probe scores are the same."""
+    from mnist_sae.acts import row_stats
+    from mnist_sae.acts_eval import EvalSettings, Probes, UsageCounts, feature_usage, score_split
+    from mnist_sae.sae import reconstruct
+    from mnist_sae.space import InputSpace
+
+    cache = _small_cache(tmp_path)
+    sae = SAE(SAEConfig(arch="topk", d_in=6, n_latents=12, k=3, aux_k=4), generator=torch.Generator().manual_seed(0))
+    mean_D, std_D = (torch.from_numpy(v) for v in row_stats(cache.acts, cache.splits["train"]))
+    rows = cache.splits["test"]
+    x_ND = torch.from_numpy(cache.load_rows(rows))
+    space = InputSpace(mean_D, std_D, True)
+    z_ND = space.to_z(x_ND)
+    z_hat_ND, a_NF = reconstruct(sae, z_ND)
+    x_hat_ND = space.to_y(z_hat_ND)
+
+    def whole(keep_N=slice(None)):
+        args = x_ND[keep_N], x_hat_ND[keep_N], z_ND[keep_N], z_hat_ND[keep_N], a_NF[keep_N]
+        return metrics.reconstruction(*args, mean_D, 0.2) | {"core": metrics.core_metrics(args[0], args[1], args[4])}
+
+    layer_N = torch.from_numpy(cache.meta["layer"][rows])
+    ref = whole() | {"per_layer": {str(l): whole(layer_N == l) for l in (0, 1)}}
+    one = score_split(cache, rows, sae, mean_D, std_D, [0, 1], 0.2, chunk=len(rows))
+    assert one == ref
+    usage = UsageCounts({"layer": cache.meta["layer"][rows], "token": cache.meta["token"][rows]})
+    settings = EvalSettings(dense_threshold=0.2, probe_token=None, probe_n_train=200, probe_C=1.0, probe_max_iter=200,
+                            seed=0, chunk_rows=7)
+    scored = {s: cache.splits[s] for s in ("train", "test")}
+    probes = {}
+    for chunk in (len(rows), 7):
+        probes[chunk] = Probes(cache, scored, [0, 1], settings)
+        score_split(cache, scored["train"], sae, mean_D, std_D, [], 0.2, chunk, visitors=[probes[chunk].gather])
+        probes[chunk].fit()
+        score_split(cache, rows, sae, mean_D, std_D, [], 0.2, chunk, visitors=[probes[chunk].predict])
+    assert probes[7].scores() == probes[len(rows)].scores()
+    chunked = score_split(cache, rows, sae, mean_D, std_D, [0, 1], 0.2, chunk=7, visitors=[usage])
+    for got, want in [(chunked, ref)] + [(chunked["per_layer"][l], ref["per_layer"][l]) for l in ("0", "1")]:
+        assert got.keys() == want.keys() and got["core"].keys() == want["core"].keys()
+        for k in want:
+            if k != "per_layer":
+                assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), k
+    usage_ref = feature_usage(a_NF, {"layer": cache.meta["layer"][rows], "token": cache.meta["token"][rows]})
+    assert all(np.array_equal(usage.usage[k], v) for k, v in usage_ref.items())
+
+
+def test_core_downstream_is_core_metrics_head_part():
+    from mnist_sae.acts_eval import core_downstream
+
+    g = torch.Generator().manual_seed(0)
+    head = {"labels_E": torch.tensor([0, 1, 2, 1]), "logits_clean_EO": torch.randn(4, 3, generator=g),
+            "logits_sae_EO": torch.randn(4, 3, generator=g), "logits_zero_EO": torch.randn(4, 3, generator=g)}
+    full = metrics.core_metrics(torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g), **head)
+    assert core_downstream(**head) == {k: full[k] for k in metrics.CORE_DOWNSTREAM_KEYS}
 
 
 def test_row_stats_match_the_in_memory_statistics():

@@ -1,5 +1,6 @@
 """Ground-truth metrics against hand-computed values, and a TopK SAE that must find the truth."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -100,3 +101,77 @@ def test_aggregate_and_report_carry_the_core_metrics():
     md = truth_bench.markdown_report(agg, {}, [])
     assert "Core metrics at L0 = 2" in md and "| sae_topk " in md and "0.8500" in md
     assert "| CE score" not in md  # head-free: the columns no row has are left out
+
+
+def test_bench_fits_only_the_chosen_methods_and_each_as_in_the_full_bench(one_thread):
+    """archs / baselines pick methods; a chosen method's row is the full bench's row for it (no
+    shared random state between methods), and an unknown name is an error."""
+    from mnist_sae.planted import PlantedSpec, generate
+
+    pl = generate(PlantedSpec(n_features=8, d=4, p_min=0.1, p_max=0.4), 600, seed=0)
+    c_NT = np.zeros((600, 8), np.float32)
+    c_NT[pl.row_M, pl.col_M] = pl.val_M
+    x_ND = np.asarray(pl.x_ND)
+    full = truth_bench.BenchSettings(n_latents=8, lr=1e-2, epochs=1, batch_size=32, lambdas=(1e-3, 1e-1, 1.0),
+                                     refine=0, tau=0.1, bandwidth=0.05, theta_init=0.1, aux_k=4, aux_coef=1 / 32,
+                                     dead_steps=50, lr_decay=0.2, shift_thresholds=True, kmeans_n_init=1,
+                                     kmeans_max_iter=10, recovered_cosine=0.9)
+    args = (x_ND[:400], x_ND[400:500], x_ND[500:], c_NT[500:], pl.W_true_TD, [1, 2])
+
+    def run(s):
+        return truth_bench.score_seed(*args, s, seed=0, log=lambda _: None)
+
+    rows = run(full)
+    assert [r["method"] for r in rows] == list(truth_bench.BASELINES + truth_bench.SAE_VARIANTS) * 2
+    some = run(dataclasses.replace(full, archs=["sae_topk", "sae_relu"], baselines=["random"]))
+    assert [(r["method"], r["k"]) for r in some] == [(m, k) for k in (1, 2) for m in ("random", "sae_relu", "sae_topk")]
+    assert some == [r for r in rows if r["method"] in ("random", "sae_relu", "sae_topk")]
+    with pytest.raises(ValueError, match="unknown methods"):
+        run(dataclasses.replace(full, archs=["sae_gated"]))
+
+
+def _classic():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("truth_classic", ROOT / "scripts" / "truth_classic.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_classic_toy_settings_are_valid_params():
+    """Every -S of the classic toy's command names a key params.yaml has, and the edited file
+    passes check_params (so a 15-minute run cannot die on a typo)."""
+    from ruamel.yaml import YAML
+
+    from conftest import ROOT
+    from stages.check_params import check
+
+    raw = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+    for key, value in _classic().SETTINGS:
+        section, name = key.split(".")
+        assert name in raw[section], key
+        raw[section][name] = value
+    check(raw)
+
+
+def test_classic_toy_record_from_truth_json():
+    """The record's numbers are the experiment's means over seeds, and the sentence compares the
+    ReLU SAE's best MMCS with the literature's."""
+    tc = _classic()
+
+    def row(seed, method, mmcs):
+        return {"method": method, "k": 5, **{m: 0.5 for m in truth_bench.METRICS}, "mmcs": mmcs}
+    agg = truth_bench.aggregate({0: [row(0, "sae_relu", 0.90), row(0, "random", 0.2)],
+                                 1: [row(1, "sae_relu", 0.94), row(1, "random", 0.2)]})
+    truth_json = {"methods": agg, "seeds": [0, 1], "l0": [5]}
+    params = {"planted": {"n_features": 512, "d": 256, "n_rows": 1000, "p_min": 0.0014, "p_max": 0.73,
+                          "zipf_exponent": 1.0, "mag_mean": 0.5, "mag_std": 0.29, "corr_rank": 0},
+              "truth": {"archs": ["sae_relu"], "baselines": ["random"], "n_latents": 512}}
+    run = {"command": "dvc exp run ...", "experiment": "x", "rev": "0" * 40, "wall_s": 60.0, "cpu": "CPU", "cores": 2}
+    rec, md = tc.build_record(truth_json, params, run)
+    assert rec["results"]["sae_relu"]["k5"]["mmcs"] == pytest.approx(0.92)
+    assert "| sae_relu | 5 " in md and "0.920" in md and "1.0 min wall" in md
+    assert f"MMCS 0.920 against the ~{tc.LITERATURE_MMCS}" in md and "(-0.040)" in md
