@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mnist_sae.data import DataError
+from mnist_sae.errors import DataError
 from mnist_sae.planted import PlantedSpec, dense_codes, generate
 
 KINDS = ("transformer", "npy", "raw", "planted")

@@ -232,12 +232,12 @@ def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
     return replace
 
 
-def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO: torch.Tensor, y_N: torch.Tensor) -> dict:
+def splice_summary(clean_NO: torch.Tensor, spliced_NO: torch.Tensor, ablated_NO: torch.Tensor, labels_N: torch.Tensor) -> dict:
     """Accuracy and CE of the clean and spliced model, the drop, KL(clean || spliced) and CE
     recovered against mean ablation (metrics.ce_recovered)."""
-    out = {"acc_clean": metrics.accuracy(clean_NO, y_N), "acc_spliced": metrics.accuracy(spliced_NO, y_N),
-           "ce_clean": metrics.cross_entropy(clean_NO, y_N), "ce_spliced": metrics.cross_entropy(spliced_NO, y_N),
-           "ce_ablated": metrics.cross_entropy(ablated_NO, y_N), "kl": metrics.kl_divergence(clean_NO, spliced_NO),
+    out = {"acc_clean": metrics.accuracy(clean_NO, labels_N), "acc_spliced": metrics.accuracy(spliced_NO, labels_N),
+           "ce_clean": metrics.cross_entropy(clean_NO, labels_N), "ce_spliced": metrics.cross_entropy(spliced_NO, labels_N),
+           "ce_ablated": metrics.cross_entropy(ablated_NO, labels_N), "kl": metrics.kl_divergence(clean_NO, spliced_NO),
            "agreement": metrics.agreement(clean_NO, spliced_NO)}
     out["acc_drop_pp"] = 100.0 * (out["acc_clean"] - out["acc_spliced"])
     out["ce_increase"] = out["ce_spliced"] - out["ce_clean"]
@@ -254,7 +254,7 @@ def token_means(cache: Cache, rows_N: np.ndarray, layers: list[int], n_tokens: i
                             for t in range(n_tokens)]) for l in layers}
 
 
-def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, y_E: torch.Tensor,
+def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, labels_E: torch.Tensor,
                   mean_LSD: dict[int, torch.Tensor], layers: list[int]) -> tuple[dict[str, dict], dict[str, dict]]:
     """({layer: splice_summary}, {layer: spliced_head}) for images x_EI: the SAE's reconstruction
     spliced in after each layer at every token, the mean ablation (mean_LSD[layer], token_means of
@@ -267,8 +267,8 @@ def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_
         clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
         _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_LSD[l].expand_as(r_BSD))
         _, zero_NO = spliced_logits(model, x_EI, l, torch.zeros_like)
-        out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, y_E)
-        heads[str(l)] = {"labels_E": y_E, "logits_clean_EO": clean_NO, "logits_sae_EO": spliced_NO,
+        out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, labels_E)
+        heads[str(l)] = {"labels_E": labels_E, "logits_clean_EO": clean_NO, "logits_sae_EO": spliced_NO,
                          "logits_zero_EO": zero_NO}
     return out, heads
 

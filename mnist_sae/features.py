@@ -72,7 +72,7 @@ class LatentStats:
 
 
 @torch.no_grad()
-def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, space: InputSpace,
+def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_n: int, space: InputSpace,
                  chunk: int = 4096) -> LatentStats:
     """Encode z = space.to_z(y) in chunks and accumulate firing
     counts, activation sums, label histograms and the top-k activating examples of every latent
@@ -81,8 +81,8 @@ def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, space: InputSpac
     n = y_ND.shape[0]
     if labels_N.shape != (n,):
         raise ValueError(f"latent_stats: labels {tuple(labels_N.shape)} do not match acts {tuple(y_ND.shape)}")
-    if top_k < 1:
-        raise ValueError(f"latent_stats: top_k must be >= 1, got {top_k}")
+    if top_n < 1:
+        raise ValueError(f"latent_stats: top_n must be >= 1, got {top_n}")
     W_dec_FD = sae.W_dec_GFD[0]
     n_latents, device = W_dec_FD.shape[0], W_dec_FD.device
     n_active_F = torch.zeros(n_latents, dtype=torch.int64, device=device)
@@ -108,7 +108,7 @@ def latent_stats(sae, y_ND, labels_N: torch.Tensor, top_k: int, space: InputSpac
         idx_BF = torch.arange(start, start + a_BF.shape[0], device=device)[:, None].expand_as(a_BF)
         cand_act_FK = torch.cat([top_act_FK, a_BF.T], dim=1)
         cand_idx_FK = torch.cat([top_idx_FK, idx_BF.T], dim=1)
-        order_FK = torch.sort(cand_act_FK, dim=1, descending=True, stable=True).indices[:, :top_k]
+        order_FK = torch.sort(cand_act_FK, dim=1, descending=True, stable=True).indices[:, :top_n]
         top_act_FK = cand_act_FK.gather(1, order_FK)
         top_idx_FK = cand_idx_FK.gather(1, order_FK)
     top_idx_FK = torch.where(top_act_FK != 0, top_idx_FK, torch.full_like(top_idx_FK, -1))
@@ -219,7 +219,7 @@ def build_report(stats: LatentStats, effect_FO: torch.Tensor, pattern_LI: torch.
                  latents_L: torch.Tensor, labels_N) -> list[dict]:
     """One record per latent in latents_L (the live ones), sorted by firing rate (descending;
     ties by latent index). Keys: latent, firing_rate, n_active, mean_activation, max_activation,
-    label_counts, mode, purity, top_k [{index, activation, label}], logit_effect [O],
+    label_counts, mode, purity, top_n [{index, activation, label}], logit_effect [O],
     input_pattern [28][28] (3 significant digits), hypothesis."""
     labels_N = np.asarray(labels_N)
     purity_F = metrics.label_purity(stats.label_counts_FC)
@@ -238,7 +238,7 @@ def build_report(stats: LatentStats, effect_FO: torch.Tensor, pattern_LI: torch.
             "label_counts": [int(c) for c in counts],
             "mode": int(counts.argmax()),
             "purity": float(purity_F[f]),
-            "top_k": top,
+            "top_n": top,
             "logit_effect": [float(e) for e in effect_FO[f]],
             "input_pattern": [[_round(v) for v in r] for r in pattern_LI[row].view(SIDE, SIDE).tolist()],
             "hypothesis": hypothesis(counts.numpy(), effect_FO[f].numpy(), rate),
@@ -261,7 +261,7 @@ def summary(stats: LatentStats) -> dict:
     }
 
 
-def analyse(sae, ffn: FFN, site: str, y_ND, x_NI, labels_N, top_k: int,
+def analyse(sae, ffn: FFN, site: str, y_ND, x_NI, labels_N, top_n: int,
             space: InputSpace) -> tuple[list[dict], dict]:
     """(records, summary): build_report for every live latent of `sae` (G = 1) on one split and
     its summary numbers.
@@ -282,7 +282,7 @@ def analyse(sae, ffn: FFN, site: str, y_ND, x_NI, labels_N, top_k: int,
                          f"got {tuple(x_NI.shape)} and {len(labels_N)}")
     labels_N = torch.from_numpy(np.array(labels_N, dtype=np.int64))
     space = space.to(device)
-    stats = latent_stats(sae, y_ND, labels_N, top_k, space)
+    stats = latent_stats(sae, y_ND, labels_N, top_n, space)
     latents_L = torch.nonzero(stats.live_F).flatten()
     with torch.no_grad():
         effect_FO = logit_effects(W_dec_FD, stats.mean_act_F.to(device), space,

@@ -21,14 +21,14 @@ import torch
 from torch.nn import functional as F
 
 
-def cross_entropy(logits_NO: torch.Tensor, y_N: torch.Tensor) -> float:
+def cross_entropy(logits_NO: torch.Tensor, labels_N: torch.Tensor) -> float:
     """CE = mean over examples of -log softmax(logits)[label] (natural log)."""
-    return F.cross_entropy(logits_NO.double(), y_N.long()).item()
+    return F.cross_entropy(logits_NO.double(), labels_N.long()).item()
 
 
-def accuracy(logits_NO: torch.Tensor, y_N: torch.Tensor) -> float:
+def accuracy(logits_NO: torch.Tensor, labels_N: torch.Tensor) -> float:
     """Accuracy = mean over examples of 1[argmax logits == label], a fraction in [0, 1]."""
-    return (logits_NO.argmax(dim=1) == y_N.long()).double().mean().item()
+    return (logits_NO.argmax(dim=1) == labels_N.long()).double().mean().item()
 
 
 def agreement(logits_a_NO: torch.Tensor, logits_b_NO: torch.Tensor) -> float:

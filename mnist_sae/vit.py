@@ -158,7 +158,7 @@ class ViTHistory:
     steps: int = 0
 
 
-def train_vit(model: ViT, x_NI: torch.Tensor, y_N: torch.Tensor, settings: ViTSettings,
+def train_vit(model: ViT, x_NI: torch.Tensor, labels_N: torch.Tensor, settings: ViTSettings,
               generator: torch.Generator, on_step=None) -> ViTHistory:
     """AdamW on mean CE over minibatches of a fresh seeded permutation each epoch (last partial
     batch dropped); lr warms up linearly, then decays linearly to 0. on_step(step, loss) per step."""
@@ -177,7 +177,7 @@ def train_vit(model: ViT, x_NI: torch.Tensor, y_N: torch.Tensor, settings: ViTSe
         loss_sum = torch.zeros((), device=x_NI.device)
         for i in range(steps_per_epoch):
             idx_B = perm_N[i * bs:(i + 1) * bs]
-            loss = F.cross_entropy(model(x_NI[idx_B]), y_N[idx_B].long())
+            loss = F.cross_entropy(model(x_NI[idx_B]), labels_N[idx_B].long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -24,7 +24,7 @@ import types
 import typing
 from pathlib import Path
 
-from mnist_sae.data import DataError  # noqa: F401  (stages catch it through run())
+from mnist_sae.errors import DataError  # noqa: F401  (stages catch it through run())
 
 PARAMS_FILE = "params.yaml"
 
@@ -143,14 +143,19 @@ def read_params_file(path: str = PARAMS_FILE) -> dict:
     return raw
 
 
-def load_params(cls, section: str, raw: dict | None = None):
-    """Parse params.yaml[section] (a dotted path, e.g. "sae.calibration") into cls."""
+def load_params(cls, section: str, raw: dict | None = None, *, partial: bool = False):
+    """Parse params.yaml[section] (a dotted path, e.g. "sae.calibration") into cls.
+
+    partial: read only cls's keys of a section another stage owns and fully validates (so that a
+    reader's dvc.yaml lists exactly the keys it uses, e.g. evaluate's sae.target_l0)."""
     raw = read_params_file() if raw is None else raw
     node = raw
     for part in section.split("."):
         if not isinstance(node, dict) or part not in node:
             raise ParamError(f"{section}: missing from {PARAMS_FILE}")
         node = node[part]
+    if partial and isinstance(node, dict):
+        node = {k: v for k, v in node.items() if k in {f.name for f in dataclasses.fields(cls)}}
     return _parse(cls, node, section)
 
 
@@ -299,7 +304,7 @@ def save_figure(path, fig) -> None:
 
 
 def load_prepared(prep_dir, split: str):
-    """(x_NI uint8 [N, 784], y_N uint8 [N]) of one split of the prepare stage, read into memory.
+    """(x_NI uint8 [N, 784], labels_N uint8 [N]) of one split of the prepare stage, read into memory.
 
     MNIST's splits are small (47 MB for train), and training indexes random rows, so the arrays
     are copied out of the memmap once instead of paging on every batch.
@@ -310,7 +315,7 @@ def load_prepared(prep_dir, split: str):
     for p in paths:
         if not p.exists():
             raise DataError(f"{p}: not found; run `dvc repro prepare`")
-    x_NI, y_N = (np.load(p, mmap_mode="r") for p in paths)
-    if x_NI.dtype != np.uint8 or x_NI.ndim != 2 or x_NI.shape[1] != 784 or y_N.shape != (x_NI.shape[0],):
-        raise DataError(f"{paths[0]}: expected uint8 [N, 784] with labels [N], got {x_NI.dtype} {x_NI.shape}, {y_N.shape}")
-    return np.array(x_NI), np.array(y_N)
+    x_NI, labels_N = (np.load(p, mmap_mode="r") for p in paths)
+    if x_NI.dtype != np.uint8 or x_NI.ndim != 2 or x_NI.shape[1] != 784 or labels_N.shape != (x_NI.shape[0],):
+        raise DataError(f"{paths[0]}: expected uint8 [N, 784] with labels [N], got {x_NI.dtype} {x_NI.shape}, {labels_N.shape}")
+    return np.array(x_NI), np.array(labels_N)

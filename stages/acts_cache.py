@@ -23,7 +23,7 @@ from mnist_sae.acts import (check_finite, fingerprint, load_labels, load_meta, o
 from mnist_sae.vit import ViT, write_residuals
 from stages._acts_params import start_acts_stage
 from stages._common import DataError, ParamError, atomic_path, load_params, load_prepared, load_torch, run, write_json
-from stages.planted import PlantedParams
+from stages._planted_params import PlantedParams
 
 
 def main():
@@ -38,10 +38,10 @@ def main():
         if not ckpt.get("trained"):
             raise DataError(f"{args.model_pt}: no transformer in it; run `dvc repro acts_model`")
         model = ViT.from_checkpoint(ckpt["vit"]).eval().to(device)
-        x_NI, y_N = load_prepared(args.prep_dir, "test")
-        if p.n_examples > len(y_N):
-            raise ParamError(f"acts.n_examples = {p.n_examples}: the prepared test split has only {len(y_N)} examples")
-        index_N = np.sort(np.random.default_rng(p.seed).permutation(len(y_N))[:p.n_examples])
+        x_NI, labels_N = load_prepared(args.prep_dir, "test")
+        if p.n_examples > len(labels_N):
+            raise ParamError(f"acts.n_examples = {p.n_examples}: the prepared test split has only {len(labels_N)} examples")
+        index_N = np.sort(np.random.default_rng(p.seed).permutation(len(labels_N))[:p.n_examples])
     elif spec.kind == "planted":
         planted = load_params(PlantedParams, "planted")
     else:
@@ -53,7 +53,7 @@ def main():
         tmp.mkdir()
         if spec.kind == "transformer":
             meta = write_residuals(model, torch.from_numpy(x_NI[index_N]), tmp / "acts.npy")
-            labels_R = y_N[index_N].astype(np.int64)[meta["example"]]
+            labels_R = labels_N[index_N].astype(np.int64)[meta["example"]]
             np.save(tmp / "example_index.npy", index_N)
             info = {"kind": "transformer", "source": p.source, "dtype": "float16", "d": model.cfg.d_model,
                     "n_rows": len(labels_R), "n_layers": model.cfg.n_layers, "n_tokens": model.cfg.n_tokens}

@@ -47,14 +47,14 @@ def main():
     if cache.info["kind"] == "transformer":
         model = ViT.from_checkpoint(load_torch(args.model_pt)["vit"]).eval()
         ex_E = np.unique(cache.meta["example"][cache.splits["test"]])
-        x_NI, y_N = load_prepared(args.prep_dir, "test")
+        x_NI, labels_N = load_prepared(args.prep_dir, "test")
         index_E = np.load(f"{args.cache_dir}/example_index.npy")[ex_E]
-        x_EI, y_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(y_N[index_E])
+        x_EI, labels_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(labels_N[index_E])
         mean_LSD = ae.token_means(cache, rows["train"], layers, model.cfg.n_tokens)
-        spliced, heads = ae.splice_layers(model, sae, mean_D, std_D, x_EI, y_E, mean_LSD, layers)
+        spliced, heads = ae.splice_layers(model, sae, mean_D, std_D, x_EI, labels_E, mean_LSD, layers)
         for l, head in heads.items():  # the test rows at layer l are the tokens of exactly these examples
             splits["test"]["per_layer"][l]["core"] |= ae.core_downstream(**head)
-        splice = (lambda sae_l, mean_l, std_l, l: ae.splice_layers(model, sae_l, mean_l, std_l, x_EI, y_E, mean_LSD,
+        splice = (lambda sae_l, mean_l, std_l, l: ae.splice_layers(model, sae_l, mean_l, std_l, x_EI, labels_E, mean_LSD,
                                                                    [l])[0][str(l)])
     per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, rows["test"], e.dense_threshold,
                                          e.chunk_rows, device, splice)

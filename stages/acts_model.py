@@ -30,11 +30,11 @@ def main():
         write_json(args.metrics_json, {"trained": False, "source": p.source, "device": device})
         print(f"acts.source {p.source}: no model to train")
         return
-    x_NI, y_N = (torch.from_numpy(a) for a in load_prepared(args.prep_dir, "train"))
+    x_NI, labels_N = (torch.from_numpy(a) for a in load_prepared(args.prep_dir, "train"))
     x_test_NI, y_test_N = (torch.from_numpy(a) for a in load_prepared(args.prep_dir, "test"))
     gen = torch.Generator().manual_seed(p.model.seed)
     model = ViT(p.model.config(), generator=gen).to(device)
-    history = train_vit(model, x_NI.to(device), y_N.to(device), p.model.settings(), gen)
+    history = train_vit(model, x_NI.to(device), labels_N.to(device), p.model.settings(), gen)
     model = model.cpu().eval()
     logits_NO = predict_logits(model, x_test_NI)
     out = {"trained": True, "train_loss_per_epoch": history.loss_per_epoch, "steps": history.steps,

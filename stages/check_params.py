@@ -27,7 +27,7 @@ SECTIONS = {
     "evaluate": ("stages.evaluate", lambda m, raw: load_params(m.EvaluateParams, "evaluate", raw)),
     "baselines": ("stages._baselines_params", lambda m, raw: load_params(m.BaselinesParams, "baselines", raw)),
     "features": ("stages.features", lambda m, raw: load_params(m.FeaturesParams, "features", raw)),
-    "planted": ("stages.planted", lambda m, raw: load_params(m.PlantedParams, "planted", raw)),
+    "planted": ("stages._planted_params", lambda m, raw: load_params(m.PlantedParams, "planted", raw)),
     "truth": ("stages.truth", lambda m, raw: load_params(m.TruthParams, "truth", raw)),
     "acts": ("stages._acts_params", lambda m, raw: m.load_acts_params(raw)),
 }

@@ -48,12 +48,12 @@ def main():
     with atomic_path(args.out_dir) as tmp:
         tmp.mkdir()
         for split in ("train", "val", "test"):
-            x_NI, y_N = load_prepared(args.prep_dir, split)
+            x_NI, labels_N = load_prepared(args.prep_dir, split)
             acts_ND, logits_NO = collect_site(model, torch.from_numpy(x_NI), p.site, chunk=p.batch_size)
             acts_ND = acts_ND.numpy().astype(p.dtype)
             write_npy(tmp / f"{split}_acts.npy", acts_ND)
             write_npy(tmp / f"{split}_logits.npy", logits_NO.numpy().astype(np.float32))
-            write_npy(tmp / f"{split}_labels.npy", y_N.astype(np.uint8))
+            write_npy(tmp / f"{split}_labels.npy", labels_N.astype(np.uint8))
             if split == "train":
                 mean_D, std_D = normalization_stats(acts_ND)
                 write_npy(tmp / "mean_D.npy", mean_D)

@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from mnist_sae import baselines, baselines_report as report
 from mnist_sae.collect import load_collected, load_space
-from mnist_sae.data import DataError
+from mnist_sae.errors import DataError
 from mnist_sae.ffn import FFN
 from mnist_sae.sae import SAE
 from stages._baselines_params import load_baselines_params, matched_ks

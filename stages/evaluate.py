@@ -40,13 +40,6 @@ class FFNReported:
     batch_size: int = field(metadata=POSITIVE)  # ffn.batch_size, reported in BEST_RESULTS.md
 
 
-def load_keys(cls, section: str, raw: dict):
-    """Validate only cls's keys of params.yaml[section] (so dvc.yaml can list exactly those)."""
-    node = raw.get(section)
-    keys = {f for f in cls.__dataclass_fields__}
-    return load_params(cls, section, {section: {k: v for k, v in node.items() if k in keys}} if isinstance(node, dict) else {})
-
-
 def main():
     parser = argparse.ArgumentParser()
     for name in ("collected_dir", "ffn_ckpt", "sae_ckpt", "eval_json", "best_md", "mse_hist_json", "l0_hist_json",
@@ -55,7 +48,8 @@ def main():
     args = parser.parse_args()
     raw = read_params_file()
     p = load_params(EvaluateParams, "evaluate", raw)
-    sae_p, ffn_p = load_keys(SAEReported, "sae", raw), load_keys(FFNReported, "ffn", raw)
+    sae_p = load_params(SAEReported, "sae", raw, partial=True)
+    ffn_p = load_params(FFNReported, "ffn", raw, partial=True)
     device = load_device(raw)
     setup_torch(0)
 

@@ -22,7 +22,7 @@ from stages._common import (DataError, POSITIVE, atomic_path, choice, load_devic
 @dataclass(frozen=True)
 class FeaturesParams:
     split: str = field(metadata=choice("train", "val", "test"))  # examples for firing stats, top-k and input patterns
-    top_k: int = field(metadata=POSITIVE)  # top activating examples per latent (pictures, input-pattern average)
+    top_n: int = field(metadata=POSITIVE)  # top activating examples per latent (pictures, input-pattern average)
 
 
 def main():
@@ -37,8 +37,8 @@ def main():
 
     info, space = load_space(args.collected)
     acts_ND, _, labels_N = open_split(args.collected, p.split)  # memory-mapped: read in chunks
-    x_NI, y_N = load_prepared(args.prepared, p.split)
-    if not np.array_equal(y_N, labels_N):
+    x_NI, prepared_labels_N = load_prepared(args.prepared, p.split)
+    if not np.array_equal(prepared_labels_N, labels_N):
         raise DataError(f"{args.collected}/{p.split}_labels.npy does not match {args.prepared}/y_{p.split}.npy; rerun collect")
     ffn = FFN.from_checkpoint(load_torch(args.ffn_pt)).to(device).requires_grad_(False)
     ckpt = load_torch(args.sae_pt)
@@ -46,10 +46,10 @@ def main():
         raise DataError(f"{args.sae_pt}: trained on the {ckpt['site']} site, {args.collected} holds {info['site']}; rerun train_sae")
     sae = SAE.from_checkpoint(ckpt["sae"]).select(0).to(device).requires_grad_(False)  # the first seed's model
 
-    records, summary = features.analyse(sae, ffn, info["site"], acts_ND, x_NI, labels_N, p.top_k, space)
+    records, summary = features.analyse(sae, ffn, info["site"], acts_ND, x_NI, labels_N, p.top_n, space)
 
     report = {"site": info["site"], "split": p.split, "n_examples": int(len(labels_N)),
-              "n_latents": sae.cfg.n_latents, "n_live": len(records), "top_k": p.top_k}
+              "n_latents": sae.cfg.n_latents, "n_live": len(records), "top_n": p.top_n}
     # one latent per line: readable and diffable (indent=2 would put each of 784 pattern values on a line)
     fields = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(report.items())]
     latents = ",\n".join(json.dumps(r, sort_keys=True) for r in records)
@@ -59,7 +59,7 @@ def main():
     with atomic_path(args.plots_dir) as out:
         out.mkdir()
         for r in records:
-            images_KI = x_NI[[ex["index"] for ex in r["top_k"]]]
+            images_KI = x_NI[[ex["index"] for ex in r["top_n"]]]
             save_figure(out / f"latent_{r['latent']:04d}.png", feature_plots.latent_figure(r, images_KI))
         title = f"{info['site']} site, {p.split} split: label share when active, {len(records)} live of {sae.cfg.n_latents}"
         save_figure(out / "overview.png", feature_plots.overview_figure(records, title))

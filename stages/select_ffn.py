@@ -50,10 +50,10 @@ def main():
         row = {"hidden": point["hidden"], "lr": point["lr"], "diverged": point["diverged"],
                "train_seconds": timing.get("train_seconds", float("nan"))}
         model = FFN.from_checkpoint(load_torch(Path(args.ffn_dir) / name / "model.pt")).to(device).eval()
-        x_NI, y_N = tensors["val"]
+        x_NI, labels_N = tensors["val"]
         if not point["diverged"]:
             logits_NO = apply_in_chunks(model, x_NI.to(device)).cpu()
-            row["val_ce"], row["val_acc"] = metrics.cross_entropy(logits_NO, y_N), metrics.accuracy(logits_NO, y_N)
+            row["val_ce"], row["val_acc"] = metrics.cross_entropy(logits_NO, labels_N), metrics.accuracy(logits_NO, labels_N)
             row["diverged"] = not math.isfinite(row["val_ce"])  # finite loss but NaN predictions counts too
         if not row["diverged"] and (best is None or row["val_ce"] < points[best]["val_ce"]):
             best, best_model = name, model
@@ -61,10 +61,10 @@ def main():
     if best is None:
         raise DataError(f"all {len(points)} sweep points diverged ({', '.join(points)}); lower ffn.sweep.lr")
 
-    x_NI, y_N = tensors["test"]
+    x_NI, labels_N = tensors["test"]
     logits_NO = apply_in_chunks(best_model, x_NI.to(device)).cpu()
-    winner = dict(points[best], point=best, test_ce=metrics.cross_entropy(logits_NO, y_N),
-                  test_acc=metrics.accuracy(logits_NO, y_N))
+    winner = dict(points[best], point=best, test_ce=metrics.cross_entropy(logits_NO, labels_N),
+                  test_acc=metrics.accuracy(logits_NO, labels_N))
     save_torch(args.out_ckpt, {"config": best_model.config(),
                                "state": {k: v.cpu() for k, v in best_model.state_dict().items()},
                                "point": best, "hidden": winner["hidden"], "lr": winner["lr"]})

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mnist_sae import metrics
-from mnist_sae.data import DataError
+from mnist_sae.errors import DataError
 from mnist_sae.sae import reconstruct
 from mnist_sae.collect import load_collected
 from mnist_sae.fit import FitPlan, fit_sae

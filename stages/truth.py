@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from mnist_sae.data import DataError
+from mnist_sae.errors import DataError
 from mnist_sae.planted import load_planted
 from mnist_sae.sae_train import lambda_grid
 from mnist_sae.truth_bench import (BASELINES, SAE_VARIANTS, BenchSettings, aggregate, frontier_csvs, headline,

@@ -19,7 +19,7 @@ from mnist_sae.acts import (Activations, SourceSpec, check_finite, fingerprint, 
                             write_planted_source)
 from mnist_sae.planted import PlantedSpec, generate
 from mnist_sae.sae import SAE, SAEConfig
-from mnist_sae.data import DataError
+from mnist_sae.errors import DataError
 from mnist_sae.vit import ViT, ViTConfig, spliced_logits, write_residuals
 
 

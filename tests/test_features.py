@@ -17,7 +17,7 @@ from mnist_sae.space import InputSpace
 from stages._common import load_torch
 
 REPORT_KEYS = {"latent", "firing_rate", "n_active", "mean_activation", "max_activation", "label_counts",
-               "mode", "purity", "top_k", "logit_effect", "input_pattern", "hypothesis"}
+               "mode", "purity", "top_n", "logit_effect", "input_pattern", "hypothesis"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def tiny():
 def test_latent_stats_match_brute_force(tiny):
     sae, z_NO, labels_N = tiny["sae"], tiny["z_NO"], torch.from_numpy(tiny["labels_N"]).long()
     # raw logits (an array) normalized chunk by chunk; chunk 64 < N forces the top-k merge
-    stats = features.latent_stats(sae, tiny["y_NO"], labels_N, top_k=5, space=tiny["space"],
+    stats = features.latent_stats(sae, tiny["y_NO"], labels_N, top_n=5, space=tiny["space"],
                                   chunk=64)
     a_NF = sae.encode(z_NO)[0]
     active_NF = a_NF != 0
@@ -90,7 +90,7 @@ def test_input_patterns_match_per_example_autograd(tiny):
     sae, ffn = tiny["sae"], tiny["ffn"]
     fn = features.site_fn(ffn, "logits", tiny["space"])
     labels_N = torch.from_numpy(tiny["labels_N"]).long()
-    stats = features.latent_stats(sae, tiny["z_NO"], labels_N, top_k=3, space=InputSpace.identity(10))
+    stats = features.latent_stats(sae, tiny["z_NO"], labels_N, top_n=3, space=InputSpace.identity(10))
     latents_L = torch.nonzero(stats.live_F).flatten()
     # chunk 4 splits one latent's examples over two backward passes
     pattern_LI = features.input_patterns(sae, fn, tiny["x_NI"], stats.top_idx_FK, latents_L, chunk=4)
@@ -107,7 +107,7 @@ def test_input_patterns_match_per_example_autograd(tiny):
 
 def test_report_records(tiny):
     records, summary = features.analyse(tiny["sae"], tiny["ffn"], "logits", tiny["y_NO"], tiny["x_NI"], tiny["labels_N"],
-                               top_k=4, space=tiny["space"])
+                               top_n=4, space=tiny["space"])
     n_live = int((tiny["sae"].encode(tiny["z_NO"])[0] != 0).any(0).sum())
     assert len(records) == n_live and all(set(r) == REPORT_KEYS for r in records)
     rates = [r["firing_rate"] for r in records]
@@ -115,7 +115,7 @@ def test_report_records(tiny):
     for r in records:
         assert np.array(r["input_pattern"]).shape == (28, 28)
         assert sum(r["label_counts"]) == r["n_active"] and r["label_counts"][r["mode"]] == max(r["label_counts"])
-        assert all(tiny["labels_N"][ex["index"]] == ex["label"] for ex in r["top_k"])
+        assert all(tiny["labels_N"][ex["index"]] == ex["label"] for ex in r["top_n"])
         expect_O = r["mean_activation"] * tiny["sae"].W_dec_GFD[0, r["latent"]] * tiny["std_O"]
         assert np.allclose(r["logit_effect"], expect_O.numpy(), atol=1e-6)
 
@@ -140,9 +140,9 @@ def test_hypothesis_wording():
 
 def test_figures(tiny):
     records, summary = features.analyse(tiny["sae"], tiny["ffn"], "logits", tiny["y_NO"], tiny["x_NI"], tiny["labels_N"],
-                               top_k=16, space=tiny["space"])
+                               top_n=16, space=tiny["space"])
     r = records[0]
-    fig = feature_plots.latent_figure(r, tiny["x_NI"][[ex["index"] for ex in r["top_k"]]])
+    fig = feature_plots.latent_figure(r, tiny["x_NI"][[ex["index"] for ex in r["top_n"]]])
     assert len(fig.axes) == 3
     fig = feature_plots.overview_figure(records)
     assert fig.axes[0].images[0].get_array().shape == (len(records), 10)
@@ -152,7 +152,7 @@ def test_figures(tiny):
 
 def test_summary_matches_records(tiny):
     records, summary = features.analyse(tiny["sae"], tiny["ffn"], "logits", tiny["y_NO"], tiny["x_NI"],
-                                        tiny["labels_N"], top_k=2, space=tiny["space"])
+                                        tiny["labels_N"], top_n=2, space=tiny["space"])
     purity = np.array([r["purity"] for r in records])
     n_active = np.array([r["n_active"] for r in records])
     assert summary["n_latents"] == 12 and summary["n_live"] == len(records) == 11
@@ -179,7 +179,7 @@ def test_features_stage_outputs(pipeline_run):
     for r in records:
         assert np.array(r["input_pattern"]).shape == (28, 28)
         assert np.abs(np.array(r["input_pattern"])).max() > 0
-        assert 0 < len(r["top_k"]) <= report["top_k"]
+        assert 0 < len(r["top_n"]) <= report["top_n"]
         # logit site: the effect is the decoder row, scaled by m_f, mapped back to raw logits
         expect_O = r["mean_activation"] * sae.W_dec_GFD[0, r["latent"]].detach() * std_O
         assert np.allclose(r["logit_effect"], expect_O.numpy(), rtol=1e-5, atol=1e-6)
@@ -204,14 +204,14 @@ def test_hidden_site_report(tiny):
     mean_H, std_H = h_NH.mean(0), h_NH.std(0).clamp(min=1e-6)
     sae = SAE(SAEConfig(d_in=16, n_latents=8, theta_init=1.0, aux_k=4), generator=torch.Generator().manual_seed(2))
     sae.requires_grad_(False)
-    records, summary = features.analyse(sae, ffn, "hidden", h_NH, x_NI, tiny["labels_N"], top_k=3,
+    records, summary = features.analyse(sae, ffn, "hidden", h_NH, x_NI, tiny["labels_N"], top_n=3,
                                         space=InputSpace(mean_H, std_H, True))
     assert summary["n_live"] == len(records) > 0
     for r in records:
         f = r["latent"]
         assert np.allclose(r["logit_effect"], (r["mean_activation"] * sae.W_dec_GFD[0, f] * std_H @ ffn.W_out_HO).numpy(),
                            atol=1e-5)
-        x_KI = pixels_to_float(torch.from_numpy(x_NI[[ex["index"] for ex in r["top_k"]]])).requires_grad_(True)
+        x_KI = pixels_to_float(torch.from_numpy(x_NI[[ex["index"] for ex in r["top_n"]]])).requires_grad_(True)
         sae.pre_acts((ffn.hidden(x_KI) - mean_H) / std_H)[0, :, f].sum().backward()
         expect_PP = x_KI.grad.mean(0).view(28, 28).numpy()
         assert np.allclose(r["input_pattern"], expect_PP, rtol=5e-3, atol=1e-6)  # 3 significant digits in the report
