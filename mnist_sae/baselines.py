@@ -148,7 +148,7 @@ def score(method: str, k: int, reconstruct_fn, W_dec_FD: torch.Tensor, signed: b
     its distributions ("cos": pairwise decoder cosines, "mag": non-zero |activations|).
 
     reconstruct_fn(z_ND) -> (z_hat_ND, a_NF). The row holds metrics.fidelity on the eval split (y
-    space, mean ablation = train mean of y; its "core" dict: metrics.core_metrics), the dead fraction on train (DESIGN), label purity of
+    space, mean ablation = train mean of y; its "core" dict: metrics.core_metrics), the dead fraction on train (as the original study), label purity of
     the top_n and of top_n uniformly sampled activating examples averaged over live atoms (signed
     codes count as two atoms, `nonnegative_atoms`), non-zero activation quantiles, decoder
     cosines with the Welch bound, the relative reconstruction bias gamma (centred on the train

@@ -4,7 +4,7 @@ Each function is pure (tensors in, float or tensor out) and its docstring states
 how it averages. Sums and means run in float64 so a 48k-example split gives the same digits
 whichever order the chunks come in.
 
-Notation (DESIGN.md, Metrics): y_ND the FFN's activations at the SAE's site (the logits, or the
+Notation (shape key: mnist_sae/__init__.py; input space: mnist_sae/space.py): y_ND the FFN's activations at the SAE's site (the logits, or the
 hidden layer); z_ND = (y - mu) / sigma with the train split's per-dimension mean and std when the
 site is normalized, else z = y; z_hat_ND the reconstruction; y_hat_ND = z_hat * sigma + mu; a_NF the
 latent codes. `fidelity` bundles the metrics of one split into one flat dict, so the SAE and every
@@ -138,7 +138,7 @@ def latent_frequency(a_NF: torch.Tensor) -> torch.Tensor:
 
 
 def dead_fraction(freq_F: torch.Tensor) -> float:
-    """Dead = fraction of latents never active (freq == 0); DESIGN counts it on the train split."""
+    """Dead = fraction of latents never active (freq == 0); counted on the train split, as the original study did."""
     return (freq_F == 0).double().mean().item()
 
 

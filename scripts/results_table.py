@@ -23,7 +23,7 @@ from mnist_sae.evaluate import ce_accuracy_table, reconstruction_table  # noqa: 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-# The original notebooks' results (DESIGN.md): the SAE at each site, and the FFN sweep's winner.
+# The original notebooks' results (the study this project reproduces, README "Results"): the SAE at each site, and the FFN sweep's winner.
 ORIGINAL = {
     "logits": {"n_latents": 32, "target_l0": 1, "l0_val": 1.63, "test_acc_orig": 97.21, "test_acc_recon": 91.59,
                "test_acc_drop_pp": 5.62, "val_mse_norm": 0.1743, "val_ce_orig": 0.1061, "val_ce_recon": 0.3659},

@@ -1,5 +1,5 @@
 """Bad params stop every stage early: exit status 2, one line naming the key, the value and what
-is allowed, no traceback, nothing written (DESIGN.md, Reliability rules).
+is allowed, no traceback, nothing written (ARCHITECTURE.md, "Rules every stage keeps").
 
 Each case edits params.yaml of one fresh tiny project and runs the stage's own command from
 dvc.yaml (`python -m stages.X ...`, exactly the paths DVC passes) in it. The project has no data
