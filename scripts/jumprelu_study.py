@@ -2,7 +2,8 @@
 
     python scripts/jumprelu_study.py [COLLECTED_DIR] [--lam 0.866] [--seeds 1] [VARIANT ...]
 
-Each variant is a list of key=value overrides of the default recipe (sae: section of params.yaml),
+Each variant is a list of key=value overrides of the default recipe (sae: section of params.yaml,
+sae.jumprelu's knobs by their own name: `tau=0.3` is sae.jumprelu.tau),
 e.g. `decoder_init=data,resample_every=1000`; `default` is the recipe itself. Every variant runs
 through mnist_sae.fit.fit_sae (the code path of the train_sae stage) with lambda fixed at --lam
 (the committed calibrated value; a dvc exp run would recalibrate it, which the threshold shift

@@ -8,7 +8,7 @@ the cache's train rows five ways, each through mnist_sae.acts_fit.fit_cache_sae 
 stage's recipe: streamed minibatches, one seed):
 
     topk, AuxK off (aux_coef 0)
-    topk, AuxK on (Gao et al. 2024) with acts.sae.dead_steps, and with --dead-steps
+    topk, AuxK on (Gao et al. 2024) with acts.sae.topk.dead_steps, and with --dead-steps
     relu + L1 at --relu-lambda, resample_every 0 and --resample-every (latents that did not fire
         in that many steps re-initialised towards badly reconstructed rows, Anthropic 2023)
 
@@ -42,13 +42,13 @@ from stages.acts_sae import fit_plan  # noqa: E402
 
 
 def variants(p, sizes: list[int], dead_steps: int, resample_every: int, relu_lambda: float) -> list[tuple[str, dict]]:
-    """(name, acts.sae overrides) of the runs, for each dictionary size."""
+    """(name, acts.sae overrides) of the runs, for each dictionary size; "topk" holds acts.sae.topk's."""
     out = []
     for n in sizes:
-        out += [(f"{n}: topk, AuxK off", {"n_latents": n, "arch": "topk", "aux_coef": 0.0}),
-                (f"{n}: topk, AuxK on, dead after {p.sae.dead_steps} steps", {"n_latents": n, "arch": "topk"}),
+        out += [(f"{n}: topk, AuxK off", {"n_latents": n, "arch": "topk", "topk": {"aux_coef": 0.0}}),
+                (f"{n}: topk, AuxK on, dead after {p.sae.topk.dead_steps} steps", {"n_latents": n, "arch": "topk"}),
                 (f"{n}: topk, AuxK on, dead after {dead_steps} steps",
-                 {"n_latents": n, "arch": "topk", "dead_steps": dead_steps}),
+                 {"n_latents": n, "arch": "topk", "topk": {"dead_steps": dead_steps}}),
                 (f"{n}: relu, no resampling", {"n_latents": n, "arch": "relu", "lam": relu_lambda, "resample_every": 0}),
                 (f"{n}: relu, resample every {resample_every} steps",
                  {"n_latents": n, "arch": "relu", "lam": relu_lambda, "resample_every": resample_every})]
@@ -74,7 +74,8 @@ def main():
     for name, overrides in variants(p, sizes, args.dead_steps, args.resample_every, args.relu_lambda):
         setup_torch(p.sae.seed)
         torch.set_num_threads(1)  # one core, whatever the numerical pin chose
-        q = replace(p, sae=replace(p.sae, **overrides))
+        topk = replace(p.sae.topk, **overrides.get("topk", {}))
+        q = replace(p, sae=replace(p.sae, **{k: v for k, v in overrides.items() if k != "topk"}, topk=topk))
         start = time.perf_counter()
         f = fit_cache_sae(cache, train, val, q.sae.config(cache.acts.d), fit_plan(q))
         seconds = time.perf_counter() - start
@@ -88,7 +89,7 @@ def main():
              f"on the acts_cache output ({cache.info['kind']} source, {len(train)} train rows x {cache.acts.d}); "
              f"acts.sae of params.yaml: "
              f"target L0 {s.target_l0:g} (topk: k = {s.top_k()}), {s.epochs} epochs at batch {s.batch_size}, lr {s.lr:g}, "
-             f"seed {s.seed}; AuxK: aux_k {s.aux_k}, aux_coef {s.aux_coef:g}. relu: L1 coefficient fixed at "
+             f"seed {s.seed}; AuxK: aux_k {s.topk.aux_k}, aux_coef {s.topk.aux_coef:g}. relu: L1 coefficient fixed at "
              f"{args.relu_lambda:g} (--relu-lambda) in both runs, so only the resampling differs (resampled latents: "
              f"those that did not fire in the last {args.resample_every} steps, during the steps before the lr decay). "
              f"The first number of a run is acts.sae.n_latents. Scored on the {len(val)} val rows "

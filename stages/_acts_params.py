@@ -15,7 +15,7 @@ from mnist_sae.sae_train import TrainSettings
 from mnist_sae.vit import ViTConfig, ViTSettings
 from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, choice, load_device, load_params, read_params_file,
                             rule, setup_torch)
-from stages._sae_params import SAEParams
+from stages._sae_params import SAEParams, check_moved
 
 FRACTION = rule(lambda v: 0 < v < 0.5, "a number in (0, 0.5)")
 
@@ -120,6 +120,7 @@ def load_acts_params(raw: dict) -> ActsParams:
         if "lam" in sae or "sae_opt" in node:
             raise ParamError("acts.sae.lam: unknown key; the sparsity coefficient is acts.sae.lambda" if "lam" in sae
                              else "acts.sae_opt: unknown key; the optimizer is acts.sae.optimizer")
+        check_moved(sae, "acts.sae")
         raw = {**raw, "acts": {**node, "sae_opt": {k: sae[k] for k in OPT_KEYS if k in sae},
                                "sae": {("lam" if k == "lambda" else k): v for k, v in sae.items() if k not in OPT_KEYS}}}
     try:

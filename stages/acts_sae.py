@@ -47,7 +47,7 @@ def fit_plan(p) -> FitPlan:
     s, c = p.sae, p.sae.calibration
     return FitPlan(target_l0=s.target_l0, train=p.sae_settings(s.epochs, s.batch_size), seeds=(s.seed,), lam=s.lam,
                    lambdas=tuple(lambda_grid(c.lambda_min, c.lambda_max, c.num)), refine=c.refine,
-                   calibration=p.sae_settings(c.epochs, c.batch_size), shift_thresholds=s.theta_shift)
+                   calibration=p.sae_settings(c.epochs, c.batch_size), shift_thresholds=s.jumprelu.theta_shift)
 
 
 def main():

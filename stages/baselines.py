@@ -48,7 +48,7 @@ def main():
     site = baselines.make_site(lambda s: load_collected(args.collected_dir, s), space, p.eval_split, to_logits)
     family = references.FamilySettings(cfg=sp.config(info["d"]), lr=p.lr, epochs=p.epochs, batch_size=p.batch_size,
                                        lambdas=tuple(lambda_grid(p.lambda_min, p.lambda_max, p.lambda_num)),
-                                       refine=p.refine, kl_coef=p.kl_coef, aux_coef=sp.aux_coef,
+                                       refine=p.refine, kl_coef=p.kl_coef, aux_coef=sp.topk.aux_coef,
                                        dead_steps=p.dead_steps, shift_thresholds=p.shift_thresholds)
     with threadpool_limits(1):
         refs = references.ReferenceSettings(ks=tuple(ks), n_latents=sp.n_latents, seed=p.seed, seeds=sp.seeds, top_n=p.top_n,

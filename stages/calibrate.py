@@ -4,7 +4,8 @@
 
 A geometric grid (sae.calibration) is trained at once as one batched model, then the best point's
 bracket is bisected in log-lambda (sae.calibration.refine steps). TopK has no lambda: it writes
-lambda null and an empty curve.
+lambda null and an empty curve. So no sae.topk knob reaches the output (the grid is jumprelu or
+relu, which never run AuxK), and dvc.yaml lists none: a TopK change does not recalibrate.
 """
 
 import argparse

@@ -51,7 +51,7 @@ def main():
     if lam is None and p.arch != "topk":
         lam, source = calibrated_lambda(Path(args.calibration_json), p.arch), "calibration"
     plan = FitPlan(target_l0=p.target_l0, train=p.settings(p.epochs, p.batch_size), seeds=p.seed_list(), lam=lam,
-                   lam_source=source, shift_thresholds=p.theta_shift)
+                   lam_source=source, shift_thresholds=p.jumprelu.theta_shift)
     with training_curves(args.curves_dir, CURVES) as on_step:
         sae, fitted = fit_sae(p.config(info["d"]), z_train_ND, z_val_ND, plan, device=device, space=space,
                               on_step=on_step)

@@ -60,7 +60,7 @@ TINY_OPTIONAL = {
     "acts.sae.target_l0": 4.0,
     "acts.sae.epochs": 1,
     "acts.sae.batch_size": 64,
-    "acts.sae.aux_k": 8,
+    "acts.sae.topk.aux_k": 8,
     "acts.sae.log_every": 5,
     "acts.sae.calibration.num": 3,
     "acts.sae.calibration.refine": 0,

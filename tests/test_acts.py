@@ -469,7 +469,7 @@ def test_user_npy_cache_through_dvc(pipeline_run, tmp_path):
     np.savez(user / "meta.npz", example=np.repeat(np.arange(n_ex), n_layer), layer=np.tile(np.arange(n_layer), n_ex))
     set_params(project, {"acts.source": f"npy:{user / 'acts.npy'}", "acts.labels": str(user / "labels.npy"),
                          "acts.meta": str(user / "meta.npz"), "acts.eval.probe_token": None, "acts.sae.n_latents": 16,
-                         "acts.sae.target_l0": 3.0, "acts.sae.aux_k": 4, "acts.sae.arch": "jumprelu",
+                         "acts.sae.target_l0": 3.0, "acts.sae.topk.aux_k": 4, "acts.sae.arch": "jumprelu",
                          "acts.per_layer": False})
     proc = dvc(project, "repro", "acts_eval")
     assert "prepare" not in ran_stages(proc) and "acts_sae" in ran_stages(proc)

@@ -84,9 +84,19 @@ def test_calibration_reports_target_outside_grid():
 # --- params --------------------------------------------------------------------------------------
 
 
+def set_dotted(section: dict, changes: dict) -> None:
+    """Set keys of a params section in place; "topk.k" reaches into the nested sae.topk."""
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = section
+        for part in parents:
+            node = node[part]
+        node[last] = value
+
+
 def sae_raw(**changes) -> dict:
     raw = read_params_file(ROOT / "params.yaml")
-    raw["sae"] = {**raw["sae"], **changes}
+    set_dotted(raw["sae"], changes)
     return raw
 
 
@@ -101,7 +111,12 @@ def test_default_params_load():
     ({"lambda": -1.0}, "sae.lambda = -1.0: allowed > 0"),
     ({"arch": "gated"}, "sae.arch = 'gated': allowed one of"),
     ({"lam": 0.1}, "sae.lam: unknown key"),
-    ({"arch": "topk", "k": 33}, "sae.k = 33: must be <= n_latents"),
+    ({"arch": "topk", "topk.k": 33}, "sae.topk.k = 33: must be <= n_latents"),
+    ({"topk.aux_k": 33}, "sae.topk.aux_k = 33: must be <= n_latents"),
+    ({"jumprelu.ste": "tanh"}, "sae.jumprelu.ste = 'tanh': allowed one of"),
+    ({"tau": 0.2}, "sae.tau: unknown key (did you mean sae.jumprelu.tau?)"),
+    ({"aux_k": 16}, "sae.aux_k: unknown key (did you mean sae.topk.aux_k?)"),
+    ({"topk.tau": 0.2}, "sae.topk.tau: unknown key"),
 ])
 def test_bad_params_name_the_key(changes, message):
     with pytest.raises(ParamError) as err:
@@ -132,8 +147,7 @@ def stage_project(tmp_path: Path, **sae_changes) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     yaml = YAML()
     doc = yaml.load((ROOT / "params.yaml").read_text())
-    for key, value in {"epochs": 1, "batch_size": 16, "log_every": 10, **sae_changes}.items():
-        doc["sae"][key] = value
+    set_dotted(doc["sae"], {"epochs": 1, "batch_size": 16, "log_every": 10, **sae_changes})
     doc["sae"]["calibration"].update({"num": 4, "refine": 1, "batch_size": 16})
     doc["device"] = "cpu"
     with open(tmp_path / "params.yaml", "w") as f:
@@ -172,8 +186,21 @@ def test_stages_calibrate_and_train_sae(tmp_path):
     assert (project / "plots/train_sae/mse.tsv").read_text().splitlines()[:2][0] == "step\tmse"
 
 
+def test_calibration_reads_no_topk_knob(tmp_path):
+    """dvc.yaml lists no sae.topk key for calibrate: the jumprelu grid never runs AuxK, so other
+    TopK knobs give the same bytes."""
+    outs = []
+    for name, topk in (("default", {}), ("changed", {"topk.k": 3, "topk.aux_k": 4, "topk.aux_coef": 0.5,
+                                                     "topk.dead_steps": 2})):
+        project = stage_project(tmp_path / name, **topk)
+        proc = run_stage(project, *CAL)
+        assert proc.returncode == 0, proc.stderr
+        outs.append([(project / f).read_bytes() for f in ("metrics/calibration.json", "plots/calibration.csv")])
+    assert outs[0] == outs[1]
+
+
 def test_train_sae_uses_params_lambda_and_bad_params_write_nothing(tmp_path):
-    project = stage_project(tmp_path, **{"lambda": 0.05, "theta_shift": False})
+    project = stage_project(tmp_path, **{"lambda": 0.05, "jumprelu.theta_shift": False})
     proc = run_stage(project, *TRAIN)  # no calibration.json needed when sae.lambda is a number
     assert proc.returncode == 0, proc.stderr
     out = json.loads((project / "metrics/train_sae.json").read_text())

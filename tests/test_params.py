@@ -64,7 +64,13 @@ CASES = [
     ("calibrate", {"sae.target_l0": 33.0}, ["sae.target_l0", "33.0", "<= n_latents = 32"]),
     # unknown choices
     ("train_sae", {"sae.arch": "gated"}, ["sae.arch", "'gated'", "'jumprelu'", "'topk'"]),
-    ("calibrate", {"sae.ste": "tanh"}, ["sae.ste", "'tanh'", "'sigmoid'", "'rectangle'"]),
+    ("calibrate", {"sae.jumprelu.ste": "tanh"}, ["sae.jumprelu.ste", "'tanh'", "'sigmoid'", "'rectangle'"]),
+    ("train_sae", {"sae.topk.aux_k": 64}, ["sae.topk.aux_k", "64", "<= n_latents = 32"]),
+    # an arch's knob at its old flat place names its new one; a typo inside the subsection, the nearest key
+    ("calibrate", {"sae.tau": 0.2}, ["sae.tau", "unknown key", "did you mean sae.jumprelu.tau?"]),
+    ("train_sae", {"sae.aux_k": 16}, ["sae.aux_k", "unknown key", "did you mean sae.topk.aux_k?"]),
+    ("train_sae", {"sae.jumprelu.tua": 0.2}, ["sae.jumprelu.tua", "did you mean sae.jumprelu.tau?"]),
+    ("check_params", {"acts.sae.dead_steps": 20}, ["acts.sae.dead_steps", "did you mean acts.sae.topk.dead_steps?"]),
     ("collect", {"collect.site": "input"}, ["collect.site", "'input'", "'logits'", "'hidden'"]),
     ("collect", {"collect.dtype": "int8"}, ["collect.dtype", "'int8'", "'float32'"]),
     ("prepare", {"data.source": "kaggle"}, ["data.source", "'kaggle'", "'synthetic'", "'idx:<dir>'"]),

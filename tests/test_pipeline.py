@@ -110,6 +110,50 @@ def test_exp_run_lambda_reruns_only_train_sae_and_after(pipeline_run, tmp_path):
     assert after["sae_main"] != before["sae_main"]
 
 
+def test_exp_run_topk_knob_does_not_recalibrate(pipeline_run, tmp_path):
+    """A TopK-only knob (sae.topk) reruns train_sae (it trains sae.arch, and its checkpoint records
+    both arch subsections) and the baselines' SAE family, never calibrate: lambda calibration reads
+    no TopK knob (topk has no lambda)."""
+    project = clone_run(pipeline_run, tmp_path / "p")
+    cal_before = (project / "metrics/calibration.json").read_bytes()
+    proc = dvc(project, "exp", "run", "-S", "sae.topk.aux_k=16")
+    ran = set(ran_stages(proc))
+    assert "calibrate" not in ran and {"check_params", "train_sae", "baselines"} <= ran
+    assert ran <= {"check_params", "train_sae", "baselines", "evaluate", "compare", "features", "headline"}
+    assert read_params(project)["sae"]["topk"]["aux_k"] == 16
+    assert (project / "metrics/calibration.json").read_bytes() == cal_before
+
+
+# params key -> the stages whose own params change (`dvc status`; what follows them reruns when
+# their outputs change). The README's "Which stages an arch's knob reruns" lists the same, measured
+# on the real project.
+DIRECT = [
+    ("sae.topk.k", 2, ["check_params", "train_sae"]),
+    ("sae.topk.aux_k", 16, ["baselines", "check_params", "train_sae"]),
+    ("sae.topk.aux_coef", 0.5, ["baselines", "check_params", "train_sae"]),
+    ("sae.topk.dead_steps", 50, ["check_params", "train_sae"]),
+    ("sae.jumprelu.ste", "rectangle", ["baselines", "calibrate", "check_params", "train_sae"]),
+    ("sae.jumprelu.tau", 0.2, ["baselines", "calibrate", "check_params", "train_sae"]),
+    ("sae.jumprelu.bandwidth", 0.1, ["baselines", "calibrate", "check_params", "train_sae"]),
+    ("sae.jumprelu.theta_init", 0.2, ["baselines", "calibrate", "check_params", "train_sae"]),
+    ("sae.jumprelu.theta_shift", False, ["check_params", "train_sae"]),
+    ("acts.sae.topk.aux_k", 16, ["acts_sae", "check_params"]),
+    ("acts.sae.jumprelu.tau", 0.2, ["acts_sae", "check_params"]),
+    ("sae.lambda", 0.12, ["check_params", "train_sae"]),
+    ("truth.aux_k", 4, ["check_params", "truth"]),  # truth fits every arch in one stage: its knobs stay flat
+]
+
+
+def test_arch_knobs_change_only_the_stages_that_read_them(pipeline_run, tmp_path):
+    project = clone_run(pipeline_run, tmp_path / "p")
+    original = (project / "params.yaml").read_text()
+    for key, value, stages in DIRECT:
+        set_params(project, {key: value})
+        status = json.loads(dvc(project, "status", "--json").stdout)
+        assert sorted(status) == stages, (key, status)
+        (project / "params.yaml").write_text(original)
+
+
 def test_hidden_site_compares_at_the_main_saes_l0(pipeline_run, tmp_path):
     """The README's hidden-site study on the tiny pipeline: a target L0 outside baselines.k still
     gets every reference method at that k, and the report compares the main SAE there."""
