@@ -233,7 +233,7 @@ class SAE(nn.Module):
 def sae_loss(z_BD: torch.Tensor, z_hat_GBD: torch.Tensor, a_GBF: torch.Tensor, penalty_GB: torch.Tensor,
              sparsity_coef_G: torch.Tensor, *, kl_coef: float = 0.0, space: InputSpace | None = None,
              aux_hat_GBD: torch.Tensor | None = None,
-             aux_coef: float = 1 / 32) -> dict[str, torch.Tensor]:
+             aux_coef: float | None = None) -> dict[str, torch.Tensor]:
     """Named terms, each [G] (one value per stacked model), and their sum "loss" (a scalar):
 
         mse_G      = mean_{B,D} (z_hat - z)^2
@@ -259,6 +259,8 @@ def sae_loss(z_BD: torch.Tensor, z_hat_GBD: torch.Tensor, a_GBF: torch.Tensor, p
         terms["kl"] = (logp_BO.exp() * (logp_BO - logq_GBO)).sum(-1).mean(-1)
         total_G = total_G + kl_coef * terms["kl"]
     if aux_hat_GBD is not None:
+        if aux_coef is None:
+            raise ValueError("sae_loss: aux_hat_GBD needs aux_coef (TrainSettings.aux_coef holds the default)")
         terms["aux"] = (aux_hat_GBD + diff_GBD.detach()).square().mean((1, 2))
         total_G = total_G + aux_coef * terms["aux"]
     terms["total"] = total_G

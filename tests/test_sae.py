@@ -40,7 +40,8 @@ def test_forward_backward_shapes(arch, ste):
     assert torch.equal(z_hat_GBD, sae.decode(sae.encode(z_BD)))
     aux_hat = sae.aux_decode(u_GBF, torch.ones(G, NF, dtype=torch.bool)) if arch == "topk" else None
     terms = sae_loss(z_BD, sae.decode(a_GBF), a_GBF, penalty_GB, torch.full((G,), 0.1), kl_coef=0.5,
-                     space=InputSpace(randn(D, seed=2), randn(D, seed=3).abs() + 0.5, True), aux_hat_GBD=aux_hat)
+                     space=InputSpace(randn(D, seed=2), randn(D, seed=3).abs() + 0.5, True), aux_hat_GBD=aux_hat,
+                     aux_coef=1 / 32)
     assert all(v.shape == (G,) for k, v in terms.items() if k != "loss") and terms["loss"].shape == ()
     terms["loss"].backward()
     for name, param in sae.named_parameters():
