@@ -2,7 +2,7 @@
 sparse path against the seed loop at equal quality.
 
     python bench/bench_acts.py [--rows 100000] [--d 768] [--latents 4096] [--batch 2048]
-                               [--steps 5] [--rounds 3] [--threads 2] [--k K] [--ks 16,32,64,128]
+                               [--steps 5] [--rounds 3] [--threads 2] [--k K] [--ks 32,64,128]
                                [--quality-steps 100] [--features 4096] [--held 8192]
 
 One float16 (rows, d) memmap in a temporary folder (random values: the cost does not depend on
@@ -18,7 +18,9 @@ them), an SAE d -> latents at the given batch with AdamW, five ways per step:
   grad of the latents, of W_dec and of W_enc), no data, no optimizer, no elementwise work;
 - topk: ours with a TopK SAE (k active latents, AuxK), dense (the default path);
 - sparse: the same with TrainSettings.sparse_topk: the decoder and both weight gradients touch
-  only the k active latents of each row (mnist_sae.sae: SAE.sparse_forward).
+  only the k active latents of each row (mnist_sae.sae: SAE.sparse_forward);
+- bf16: sparse with TrainSettings.select_bf16: the encoder matmul that chooses the k latents in
+  bfloat16 (AMX / AVX-512 BF16 where the CPU has them), the chosen pre-activations in float32.
 
 They run interleaved (the order rotating) for --rounds rounds of --steps steps; printed: median
 ms/step and min-max over rounds, and the per-round ratios (seed time / other time, in the same
@@ -30,9 +32,11 @@ variance of 1 and stored as float16 like the seed's;
 the seed loop and the sparse TopK trainer each see --quality-steps x --batch training rows (the
 seed draws them with replacement, ours takes each once) and are scored on --held other rows: L0
 (mean non-zero latents per row) and normalized MSE (sum of squared errors / sum of squared
-deviations from the held-out mean: the fraction of variance unexplained), ours at each k of --ks.
+deviations from the held-out mean: the fraction of variance unexplained), ours at each k of --ks
+(sparse, and sparse with the bf16 choice).
 "Equal quality": ours' L0 <= the seed's and normalized MSE <= 1.02 x the seed's; the speed arms
-use the smallest k that has it (or --k; 32 when none has it or the quality run is skipped). The speed arms use the same k. Not a test: timings are never asserted.
+use the smallest k whose float32 sparse run has it (or --k; 32 when none has it or the quality
+run is skipped). The speed arms use the same k. Not a test: timings are never asserted.
 """
 
 import argparse
@@ -66,8 +70,8 @@ def cpu_name() -> str:
 
 
 def ours(acts: Activations, a: argparse.Namespace, seed: int, arch: str = "relu", sparse: bool = False,
-         rows_N: np.ndarray | None = None, mean_D: torch.Tensor | None = None, k: int | None = None
-         ) -> tuple[float, SAE]:
+         rows_N: np.ndarray | None = None, mean_D: torch.Tensor | None = None, k: int | None = None,
+         bf16: bool = False) -> tuple[float, SAE]:
     """(seconds per step, the SAE): train_sae on rows_N of the cache (default: a.steps x a.batch
     random rows), one epoch, AdamW; TopK with k (default a.k) active latents."""
     gen = torch.Generator().manual_seed(seed)
@@ -78,7 +82,7 @@ def ours(acts: Activations, a: argparse.Namespace, seed: int, arch: str = "relu"
     mean_D = torch.zeros(a.d) if mean_D is None else mean_D
     source = CacheBatches(acts, rows_N, mean_D, torch.ones(a.d))  # z = x - mean_D
     settings = TrainSettings(lr=LR, epochs=1, batch_size=a.batch, optimizer="adamw", weight_decay=1e-2,
-                             log_every=10**9, sparse_topk=sparse)
+                             log_every=10**9, sparse_topk=sparse, select_bf16=bf16)
     t0 = time.perf_counter()
     train_sae(sae, None, [L1 if arch == "relu" else 0.0], settings, gen, batch_source=source)
     return (time.perf_counter() - t0) / (len(rows_N) // a.batch), sae
@@ -164,13 +168,15 @@ def quality(tmp: Path, a: argparse.Namespace) -> dict:
     acts = Activations(mm, str(tmp / "planted.npy"))
     mean_D = torch.from_numpy(np.asarray(mm[: min(n_train, 65536)], dtype=np.float32).mean(0))
     for k in a.ks:
-        t_ours, sae = ours(acts, a, 0, arch="topk", sparse=True, rows_N=np.arange(n_train), mean_D=mean_D, k=k)
+        for bf16 in (False, True):
+            t_ours, sae = ours(acts, a, 0, arch="topk", sparse=True, rows_N=np.arange(n_train), mean_D=mean_D, k=k,
+                               bf16=bf16)
 
-        def ours_fwd(x_BD):
-            z_hat_GBD, a_GBF = sae(x_BD - mean_D)
-            return z_hat_GBD[0] + mean_D, a_GBF[0]
+            def ours_fwd(x_BD):
+                z_hat_GBD, a_GBF = sae(x_BD - mean_D)
+                return z_hat_GBD[0] + mean_D, a_GBF[0]
 
-        out[k] = (*score(held_ND, ours_fwd), t_ours)
+            out[(k, bf16)] = (*score(held_ND, ours_fwd), t_ours)
     return out
 
 
@@ -185,7 +191,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=None, help="TopK's k in the speed arms (default: the smallest of --ks "
                                                              "at equal quality, else 32)")
-    parser.add_argument("--ks", default="16,32,64,128", help="the k values the quality run tries")
+    parser.add_argument("--ks", default="32,64,128", help="the k values the quality run tries")
     parser.add_argument("--quality-steps", type=int, default=100, help="training steps of the quality run (0: skip it)")
     parser.add_argument("--features", type=int, default=4096, help="planted true features of the quality cache")
     parser.add_argument("--held", type=int, default=8192, help="held-out rows of the quality cache")
@@ -203,13 +209,14 @@ def main():
             l0_s, mse_s, _ = q["seed"]
             equal = []
             for name, (l0, mse, t) in q.items():
-                label = "seed (ReLU + L1 1e-3)" if name == "seed" else f"ours sparse TopK k={name}"
+                label = "seed (ReLU + L1 1e-3)" if name == "seed" else f"ours sparse TopK k={name[0]}" + (
+                    " bf16 choice" if name[1] else "")
                 verdict = ""
                 if name != "seed":
                     ok = l0 <= l0_s and mse <= 1.02 * mse_s
-                    equal += [name] if ok else []
+                    equal += [name[0]] if ok and not name[1] else []
                     verdict = f"  MSE {mse / mse_s:.3f}x the seed's: {'equal quality or better' if ok else 'not equal'}"
-                print(f"  {label:26s} L0 {l0:7.2f}  normalized MSE {mse:.4f}  ({1e3 * t:.0f} ms/step){verdict}")
+                print(f"  {label:38s} L0 {l0:7.2f}  normalized MSE {mse:.4f}  ({1e3 * t:.0f} ms/step){verdict}")
             print("  equal quality: L0 <= the seed's and normalized MSE <= 1.02 x the seed's; "
                   f"smallest such k: {min(equal) if equal else 'none'}")
             if a.k is None and equal:
@@ -226,7 +233,8 @@ def main():
         runs = {"ours": lambda s: ours(acts, a, s)[0], "seed": lambda s: seed_loop(mm, a, s)[0],
                 "floor": lambda s: floor(a, s),
                 "topk": lambda s: ours(acts, a, s, arch="topk")[0],
-                "sparse": lambda s: ours(acts, a, s, arch="topk", sparse=True)[0]}
+                "sparse": lambda s: ours(acts, a, s, arch="topk", sparse=True)[0],
+                "bf16": lambda s: ours(acts, a, s, arch="topk", sparse=True, bf16=True)[0]}
         for name, fn in runs.items():  # warm-up: allocator, first-call and page-cache costs
             fn(100)
         times = {name: [] for name in runs}
@@ -237,7 +245,7 @@ def main():
     print(f"speed: float16 memmap {a.rows} x {a.d}; SAE {a.d} -> {a.latents}, AdamW, batch {a.batch}; "
           f"{a.rounds} rounds x {a.steps} steps, interleaved")
     labels = {"ours": "ours ReLU+L1", "seed": "seed loop", "floor": "dense floor", "topk": f"ours TopK k={a.k} dense",
-              "sparse": f"ours TopK k={a.k} sparse"}
+              "sparse": f"ours TopK k={a.k} sparse", "bf16": f"ours TopK k={a.k} sp.+bf16"}
     print(f"{'':24s} {'ms/step':>9s} {'(min-max)':>15s}   seed/this per round: median (min-max)")
     for name, v in times.items():
         ratios = [s / t for s, t in zip(times["seed"], v)]

@@ -149,6 +149,21 @@ def _cols(idx_GBK: torch.Tensor, n_latents: int) -> torch.Tensor:
     return col_GBK.reshape(-1)
 
 
+def _sampled_dot(idx_GBK: torch.Tensor, x_GBD: torch.Tensor, W_GFD: torch.Tensor) -> torch.Tensor:
+    """out_GBK[g, b, k] = x_gb . W[g, idx_gbk]: only the K sampled entries of x @ W^T per row
+    (CSR sampled_addmm; the pattern's values are ignored, beta 0)."""
+    G, B, K = idx_GBK.shape
+    Fl, D = W_GFD.shape[1:]
+    with warnings.catch_warnings():  # "CSR support is in beta state", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(torch.arange(0, G * B * K + 1, K, device=idx_GBK.device),
+                                          _cols(idx_GBK, Fl), torch.zeros(G * B * K, dtype=x_GBD.dtype,
+                                                                          device=x_GBD.device),
+                                          (G * B, G * Fl), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, x_GBD.reshape(G * B, D), W_GFD.reshape(G * Fl, D).T,
+                                      beta=0.0).values().reshape(G, B, K)
+
+
 def _latent_sum(idx_GBK: torch.Tensor, w_GBK: torch.Tensor, x_GBD: torch.Tensor, n_latents: int) -> torch.Tensor:
     """out_GFD[g, f] = sum_{(b, k): idx_gbk = f} w_gbk x_gbd, i.e. S^T @ x with S the [G B, G F]
     block-diagonal sparse matrix holding w at (g B + b, g F + idx_gbk): what the dense path gets as
@@ -176,7 +191,12 @@ class _SparsePreActs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z_BD, W_enc_GDF, b_enc_GF, u_GBF, idx_GBK):
         ctx.save_for_backward(z_BD, W_enc_GDF, idx_GBK)
-        return u_GBF.gather(-1, idx_GBK)
+        if u_GBF.dtype == z_BD.dtype:
+            return u_GBF.gather(-1, idx_GBK)
+        # u_GBF was a reduced-precision matmul (it chose idx): the K values exactly, in z's dtype
+        G, B, K = idx_GBK.shape
+        b_GBK = b_enc_GF.gather(-1, idx_GBK.reshape(G, -1)).reshape(G, B, K)
+        return _sampled_dot(idx_GBK, z_BD.expand(G, B, -1).contiguous(), W_enc_GDF.transpose(1, 2)) + b_GBK
 
     @staticmethod
     def backward(ctx, du_GBK):
@@ -221,14 +241,8 @@ class _SparseDecode(torch.autograd.Function):
         Fl, D = W_GFD.shape[1:]
         dx_MD = dx_GBD.contiguous().reshape(G * B, D)
         da = dW = None
-        if ctx.needs_input_grad[0]:  # the pattern's values are ignored (beta 0)
-            with warnings.catch_warnings():  # "CSR support is in beta state", once per process
-                warnings.simplefilter("ignore", UserWarning)
-                pattern = torch.sparse_csr_tensor(torch.arange(0, G * B * K + 1, K, device=idx_GBK.device),
-                                                  _cols(idx_GBK, Fl), a_GBK.reshape(-1), (G * B, G * Fl),
-                                                  check_invariants=False)
-            da = torch.sparse.sampled_addmm(pattern, dx_MD, W_GFD.reshape(G * Fl, D).T,
-                                            beta=0.0).values().reshape(G, B, K)
+        if ctx.needs_input_grad[0]:
+            da = _sampled_dot(idx_GBK, dx_MD, W_GFD)
         if ctx.needs_input_grad[2]:
             dW = _latent_sum(idx_GBK, a_GBK, dx_MD, Fl)
         return da, None, dW
@@ -269,11 +283,15 @@ class SAE(nn.Module):
     def theta_GF(self) -> torch.Tensor:
         return self.log_theta_GF.exp()
 
-    def pre_acts(self, z_BD: torch.Tensor) -> torch.Tensor:
-        """u_GBF = z_BD @ W_enc_GDF + b_enc_GF; z may also be [G, B, D] (a batch per model)."""
+    def pre_acts(self, z_BD: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """u_GBF = z_BD @ W_enc_GDF + b_enc_GF; z may also be [G, B, D] (a batch per model).
+        dtype: the matmul in that dtype (the operands cast to it), e.g. torch.bfloat16."""
         G, D = self.n_models, self.cfg.d_in
         if not ((z_BD.ndim == 2 and z_BD.shape[1] == D) or (z_BD.ndim == 3 and z_BD.shape[0] == G and z_BD.shape[2] == D)):
             raise ValueError(f"SAE: expected z [B, {D}] or [{G}, B, {D}], got {tuple(z_BD.shape)}")
+        if dtype is not None:
+            return torch.baddbmm(self.b_enc_GF.to(dtype)[:, None, :], z_BD.to(dtype).expand(G, -1, -1),
+                                 self.W_enc_GDF.to(dtype))
         return torch.baddbmm(self.b_enc_GF[:, None, :], z_BD.expand(G, -1, -1), self.W_enc_GDF)
 
     def activate(self, u_GBF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,13 +338,17 @@ class SAE(nn.Module):
     # --- TopK's sparse path (see the module docstring); G >= 1 -----------------------------------
 
     @torch.no_grad()
-    def topk_select(self, z_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def topk_select(self, z_BD: torch.Tensor, select_dtype: torch.dtype | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(u_GBF, idx_GBK, fired_GF) without gradients: the dense pre-activations, the k largest
-        per row (the latents `activate` keeps) and which
-        latents fired (u > 0 at a kept index) in the batch."""
+        per row (the latents `activate` keeps) and which latents fired (u > 0 at a kept index) in
+        the batch. select_dtype (e.g. torch.bfloat16, where the CPU has AMX / AVX-512 BF16): u_GBF
+        from a matmul in that dtype, ~8x faster here; it only chooses idx (near-ties at the k-th
+        value may then differ from float32's choice); sparse_forward computes the chosen
+        pre-activations exactly."""
         if self.cfg.arch != "topk":
             raise ValueError(f"SAE.topk_select: the sparse path is for arch topk, not {self.cfg.arch!r}")
-        u_GBF = self.pre_acts(z_BD)
+        u_GBF = self.pre_acts(z_BD, select_dtype)
         vals_GBK, idx_GBK = u_GBF.topk(self.cfg.k, dim=-1)
         fired_GF = torch.zeros(u_GBF.shape[0], u_GBF.shape[2], device=u_GBF.device)
         fired_GF.scatter_add_(-1, idx_GBK.flatten(1), (vals_GBK > 0).flatten(1).to(fired_GF.dtype))

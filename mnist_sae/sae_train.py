@@ -38,6 +38,9 @@ class TrainSettings:
     # topk only: decode and backpropagate through the k active latents alone (SAE.sparse_forward);
     # the same numbers to float32 rounding, not bit for bit, so off by default (checkpoints keep their bits)
     sparse_topk: bool = False
+    # sparse_topk only: choose the k latents from a bfloat16 encoder matmul (fast where the CPU has
+    # AMX / AVX-512 BF16), then compute their pre-activations exactly in float32 (SAE.topk_select)
+    select_bf16: bool = False
 
 
 def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
@@ -107,6 +110,9 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     use_aux = cfg.arch == "topk"
     if settings.sparse_topk and not use_aux:
         raise ValueError(f"train_sae: sparse_topk needs arch topk, got {cfg.arch!r}")
+    if settings.select_bf16 and not settings.sparse_topk:
+        raise ValueError("train_sae: select_bf16 needs sparse_topk")
+    select_dtype = torch.bfloat16 if settings.select_bf16 else None
     total_steps = steps_per_epoch * settings.epochs
     decay_from = total_steps - int(settings.lr_decay * total_steps)  # first step with a reduced lr
     # sparsity warm-up (Anthropic, "Circuits Updates - April 2024": lambda ramped up over the first 5%)
@@ -122,7 +128,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
         for i in range(steps_per_epoch):
             z_BD = gather(perm_N[..., i * bs:(i + 1) * bs])
             if settings.sparse_topk:  # a_GBF is then a_GBK: the k active latents of each row
-                u_GBF, idx_GBK, fired_GF = sae.topk_select(z_BD)
+                u_GBF, idx_GBK, fired_GF = sae.topk_select(z_BD, select_dtype)
                 idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
                 dead_GF = idle_GF > settings.dead_steps
                 # none dead (the usual case): aux_decode's output is exactly 0, with no gradient

@@ -1,6 +1,7 @@
 """TopK's sparse path (SAE.topk_select / aux_select / sparse_forward, TrainSettings.sparse_topk):
 the same forward, loss and every parameter gradient as the dense path to float32 rounding, for one
-model and a stack; the same training losses; refused for the other archs. CPU, seconds."""
+model and a stack; the same training losses; refused for the other archs. The bfloat16 choice of
+latents (select_bf16): exact float32 values and gradients given the choice. CPU, seconds."""
 
 import pytest
 import torch
@@ -72,6 +73,28 @@ def test_sparse_matches_dense_forward_and_gradients(n_models, n_dead, per_model_
     assert close(z.grad, zd.grad)
 
 
+@pytest.mark.parametrize("n_models", [1, 3])
+def test_bf16_selection_then_exact_float32_values_and_gradients(n_models):
+    """select_dtype bfloat16 only chooses idx; given that choice, the forward and every gradient
+    are the float32 dense computation restricted to it (autograd through gather / scatter)."""
+    z_BD = torch.randn(64, D, generator=torch.Generator().manual_seed(4))
+    sparse, ref = make(n_models), make(n_models)
+    u_GBF, idx_GBK, _ = sparse.topk_select(z_BD, torch.bfloat16)
+    assert u_GBF.dtype == torch.bfloat16
+    exact_idx = ref.pre_acts(z_BD).topk(5, dim=-1).indices
+    same = (idx_GBK[..., :, None] == exact_idx[..., None, :]).any(-1).float().mean()
+    assert same > 0.9  # near-ties at the k-th value may swap
+    z_hat_GBD, a_GBK, _ = sparse.sparse_forward(z_BD, u_GBF, idx_GBK)
+    u_ref_GBF = ref.pre_acts(z_BD)
+    a_ref_GBF = torch.zeros_like(u_ref_GBF).scatter(-1, idx_GBK, torch.relu(u_ref_GBF.gather(-1, idx_GBK)))
+    z_hat_ref_GBD = ref.decode(a_ref_GBF)
+    assert close(z_hat_GBD, z_hat_ref_GBD) and close(a_GBK, a_ref_GBF.gather(-1, idx_GBK))
+    (z_hat_GBD.square().sum() + a_GBK.sum()).backward()
+    (z_hat_ref_GBD.square().sum() + a_ref_GBF.sum()).backward()
+    for (name, p_ref), p_s in zip(ref.named_parameters(), sparse.parameters()):
+        assert close(p_s.grad, p_ref.grad), name
+
+
 @pytest.mark.parametrize("n_models", [1, 2])
 def test_training_with_sparse_topk_gives_the_dense_losses(n_models):
     z_ND = torch.randn(256, D, generator=torch.Generator().manual_seed(5))
@@ -88,6 +111,19 @@ def test_training_with_sparse_topk_gives_the_dense_losses(n_models):
     assert torch.allclose(losses[True], losses[False], rtol=1e-4, atol=1e-6)
 
 
+def test_training_with_bf16_selection_stays_close():
+    """The bf16 choice of latents costs little: the same run's losses within a few percent."""
+    z_ND = torch.randn(512, D, generator=torch.Generator().manual_seed(5))
+    mse = {}
+    for bf16 in (False, True):
+        seen = []
+        settings = TrainSettings(lr=3e-3, epochs=2, batch_size=32, log_every=8, sparse_topk=True, select_bf16=bf16)
+        train_sae(make(1, k=4), z_ND, [0.0], settings, torch.Generator().manual_seed(11),
+                  on_step=lambda s, t: seen.append(t["mse"]))
+        mse[bf16] = torch.cat(seen)
+    assert torch.allclose(mse[True], mse[False], rtol=0.05)
+
+
 @pytest.mark.parametrize("arch", ["relu", "jumprelu"])
 def test_sparse_topk_refuses_other_archs(arch):
     sae = SAE(SAEConfig(arch=arch, d_in=D, n_latents=NF), generator=torch.Generator().manual_seed(0))
@@ -96,7 +132,9 @@ def test_sparse_topk_refuses_other_archs(arch):
         train_sae(sae, z_ND, [0.1], TrainSettings(batch_size=8, sparse_topk=True), torch.Generator().manual_seed(2))
     with pytest.raises(ValueError, match="sparse path is for arch topk"):
         sae.topk_select(z_ND)
+    with pytest.raises(ValueError, match="select_bf16 needs sparse_topk"):
+        train_sae(make(1), z_ND, [0.0], TrainSettings(batch_size=8, select_bf16=True), torch.Generator().manual_seed(2))
 
 
 def test_default_stays_dense():
-    assert TrainSettings().sparse_topk is False
+    assert TrainSettings().sparse_topk is False and TrainSettings().select_bf16 is False
