@@ -2,11 +2,12 @@
 sparse path against the seed loop at equal quality.
 
     python bench/bench_acts.py [--rows 100000] [--d 768] [--latents 4096] [--batch 2048]
-                               [--steps 5] [--rounds 3] [--threads 2] [--k K] [--ks 32,64,128]
+                               [--steps 5] [--rounds 3] [--threads 2] [--k 64] [--ks 32,64,128]
+                               [--l1s 1e-3,3e-3,1e-2]
                                [--quality-steps 100] [--features 4096] [--held 8192]
 
 One float16 (rows, d) memmap in a temporary folder (random values: the cost does not depend on
-them), an SAE d -> latents at the given batch with AdamW, five ways per step:
+them), an SAE d -> latents at the given batch with AdamW, six ways per step:
 
 - ours: mnist_sae.sae_train.train_sae with mnist_sae.acts_fit.CacheBatches (rows of a seeded
   permutation gathered from the memmap in file order, widened, standardized; fused AdamW; the
@@ -28,15 +29,14 @@ round) as median and min-max.
 
 Quality first (skip with --quality-steps 0): a planted cache (mnist_sae.planted.generate, d wide,
 --features true directions, Zipf firing, true L0 about 21), scaled to a mean per-dimension
-variance of 1 and stored as float16 like the seed's;
-the seed loop and the sparse TopK trainer each see --quality-steps x --batch training rows (the
-seed draws them with replacement, ours takes each once) and are scored on --held other rows: L0
-(mean non-zero latents per row) and normalized MSE (sum of squared errors / sum of squared
-deviations from the held-out mean: the fraction of variance unexplained), ours at each k of --ks
-(sparse, and sparse with the bf16 choice).
-"Equal quality": ours' L0 <= the seed's and normalized MSE <= 1.02 x the seed's; the speed arms
-use the smallest k whose float32 sparse run has it (or --k; 32 when none has it or the quality
-run is skipped). The speed arms use the same k. Not a test: timings are never asserted.
+variance of 1 and stored as float16 like the seed's; the seed loop at each L1 coefficient of
+--l1s and sparse TopK at each k of --ks (float32, and with the bf16 choice) each see
+--quality-steps x --batch training rows (the seed draws them with replacement, ours takes each
+once) and are scored on --held other rows: L0 (mean non-zero latents per row) and normalized MSE
+(sum of squared errors / sum of squared deviations from the held-out mean: the fraction of
+variance unexplained). "Equal quality": ours' L0 <= the seed's and normalized MSE <= 1.02 x the
+seed's; printed per seed point: the smallest k that has it. The speed arms use --k.
+Not a test: timings are never asserted.
 """
 
 import argparse
@@ -88,9 +88,9 @@ def ours(acts: Activations, a: argparse.Namespace, seed: int, arch: str = "relu"
     return (time.perf_counter() - t0) / (len(rows_N) // a.batch), sae
 
 
-def seed_loop(mm: np.ndarray, a: argparse.Namespace, seed: int, steps: int | None = None):
+def seed_loop(mm: np.ndarray, a: argparse.Namespace, seed: int, steps: int | None = None, l1: float = L1):
     """(seconds per step, (W_enc_DF, b_enc_F, W_dec_FD, b_dec_D)): the seed-003 loop for `steps`
-    steps (default a.steps) on rows drawn from all of mm."""
+    steps (default a.steps) on rows drawn from all of mm, L1 coefficient l1."""
     steps = a.steps if steps is None else steps
     torch.manual_seed(seed)
     W_enc_DF = torch.nn.Parameter(torch.randn(a.d, a.latents) / a.d ** 0.5)
@@ -105,7 +105,7 @@ def seed_loop(mm: np.ndarray, a: argparse.Namespace, seed: int, steps: int | Non
         x_BD = torch.from_numpy(mm[idx].astype(np.float32))
         a_BF = torch.relu(x_BD @ W_enc_DF + b_enc_F)
         x_hat_BD = a_BF @ W_dec_FD + b_dec_D
-        loss = (x_hat_BD - x_BD).pow(2).mean() + L1 * a_BF.abs().sum(-1).mean()
+        loss = (x_hat_BD - x_BD).pow(2).mean() + l1 * a_BF.abs().sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -143,7 +143,8 @@ def score(x_ND: torch.Tensor, encode_decode) -> tuple[float, float]:
 
 
 def quality(tmp: Path, a: argparse.Namespace) -> dict:
-    """Seed loop vs sparse TopK on a planted cache (module docstring); sets a.k if it is None."""
+    """{("seed", l1) or ("ours", k, bf16): (held-out L0, normalized MSE, s/step)}: the seed loop at
+    each L1 coefficient and sparse TopK at each k, on a planted cache (module docstring)."""
     spec = PlantedSpec(n_features=a.features, d=a.d, p_min=5e-3, p_max=0.1)
     n_train = a.quality_steps * a.batch
     x_ND = generate(spec, n_train + a.held, seed=0, x_path=tmp / "planted32.npy").x_ND
@@ -158,13 +159,15 @@ def quality(tmp: Path, a: argparse.Namespace) -> dict:
     held_ND = torch.from_numpy((scale * x_ND[n_train:]).astype(np.float16).astype(np.float32))  # as stored
     del x_ND
     (tmp / "planted32.npy").unlink()
-    t_seed, (W_enc_DF, b_enc_F, W_dec_FD, b_dec_D) = seed_loop(mm, a, 0, steps=a.quality_steps)
+    out = {}
+    for l1 in a.l1s:
+        t_seed, (W_enc_DF, b_enc_F, W_dec_FD, b_dec_D) = seed_loop(mm, a, 0, steps=a.quality_steps, l1=l1)
 
-    def seed_fwd(x_BD):
-        a_BF = torch.relu(x_BD @ W_enc_DF + b_enc_F)
-        return a_BF @ W_dec_FD + b_dec_D, a_BF
+        def seed_fwd(x_BD):
+            a_BF = torch.relu(x_BD @ W_enc_DF + b_enc_F)
+            return a_BF @ W_dec_FD + b_dec_D, a_BF
 
-    out = {"seed": (*score(held_ND, seed_fwd), t_seed)}
+        out[("seed", l1)] = (*score(held_ND, seed_fwd), t_seed)
     acts = Activations(mm, str(tmp / "planted.npy"))
     mean_D = torch.from_numpy(np.asarray(mm[: min(n_train, 65536)], dtype=np.float32).mean(0))
     for k in a.ks:
@@ -176,7 +179,7 @@ def quality(tmp: Path, a: argparse.Namespace) -> dict:
                 z_hat_GBD, a_GBF = sae(x_BD - mean_D)
                 return z_hat_GBD[0] + mean_D, a_GBF[0]
 
-            out[(k, bf16)] = (*score(held_ND, ours_fwd), t_ours)
+            out[("ours", k, bf16)] = (*score(held_ND, ours_fwd), t_ours)
     return out
 
 
@@ -189,8 +192,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="steps per contestant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--k", type=int, default=None, help="TopK's k in the speed arms (default: the smallest of --ks "
-                                                             "at equal quality, else 32)")
+    parser.add_argument("--k", type=int, default=64, help="TopK's k in the speed arms")
+    parser.add_argument("--l1s", default="1e-3,3e-3,1e-2", help="the seed's L1 coefficients in the quality run")
     parser.add_argument("--ks", default="32,64,128", help="the k values the quality run tries")
     parser.add_argument("--quality-steps", type=int, default=100, help="training steps of the quality run (0: skip it)")
     parser.add_argument("--features", type=int, default=4096, help="planted true features of the quality cache")
@@ -202,27 +205,22 @@ def main():
     print(f"CPU: {cpu_name()}; {a.threads} thread(s); torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         if a.quality_steps:
-            a.ks = [int(k) for k in a.ks.split(",")]
+            a.ks_arg, a.ks = a.ks, [int(k) for k in a.ks.split(",")]
+            a.l1s = [float(v) for v in a.l1s.split(",")]
             q = quality(Path(tmp), a)
             print(f"quality: planted cache, {a.d} wide, {a.features} true features (Zipf p 0.005-0.1), float16; "
                   f"{a.quality_steps} steps x {a.batch} rows each, scored on {a.held} held-out rows")
-            l0_s, mse_s, _ = q["seed"]
-            equal = []
             for name, (l0, mse, t) in q.items():
-                label = "seed (ReLU + L1 1e-3)" if name == "seed" else f"ours sparse TopK k={name[0]}" + (
-                    " bf16 choice" if name[1] else "")
-                verdict = ""
-                if name != "seed":
-                    ok = l0 <= l0_s and mse <= 1.02 * mse_s
-                    equal += [name[0]] if ok and not name[1] else []
-                    verdict = f"  MSE {mse / mse_s:.3f}x the seed's: {'equal quality or better' if ok else 'not equal'}"
-                print(f"  {label:38s} L0 {l0:7.2f}  normalized MSE {mse:.4f}  ({1e3 * t:.0f} ms/step){verdict}")
-            print("  equal quality: L0 <= the seed's and normalized MSE <= 1.02 x the seed's; "
-                  f"smallest such k: {min(equal) if equal else 'none'}")
-            if a.k is None and equal:
-                a.k = min(equal)
-        if a.k is None:
-            a.k = 32
+                label = f"seed ReLU + L1 {name[1]:g}" if name[0] == "seed" else f"ours sparse TopK k={name[1]}" + (
+                    " bf16 choice" if name[2] else "")
+                print(f"  {label:38s} L0 {l0:7.2f}  normalized MSE {mse:.4f}  ({1e3 * t:.0f} ms/step)")
+            print("  equal quality (ours' L0 <= the seed's, normalized MSE <= 1.02 x the seed's):")
+            for l1 in a.l1s:
+                l0_s, mse_s, _ = q[("seed", l1)]
+                equal = [k for k in a.ks if q[("ours", k, False)][0] <= l0_s and q[("ours", k, False)][1] <= 1.02 * mse_s]
+                best = min(equal) if equal else None
+                ratio = f" (MSE {q[('ours', best, False)][1] / mse_s:.3f}x the seed's)" if equal else ""
+                print(f"    seed L1 {l1:g} (L0 {l0_s:.1f}): smallest k with it: {best or 'none of ' + a.ks_arg}{ratio}")
         mm = np.lib.format.open_memmap(Path(tmp) / "acts.npy", mode="w+", dtype=np.float16, shape=(a.rows, a.d))
         rng = np.random.default_rng(0)
         for i in range(0, a.rows, 65536):
