@@ -18,8 +18,8 @@ starts as the decoder's transpose (Conerly et al. 2024; Gao et al. 2024, sec. 2.
 The loss is the pure function `sae_loss`; calibration and training both call it.
 
 TopK's sparse path (opt-in: `TrainSettings.sparse_topk`): with k of F latents active per row, the
-decoder and both weight gradients need only the active entries (Gao et al. 2024, sec. 5.3 and
-openai/sparse_autoencoder's kernels do this on GPU). The encoder forward stays dense; then
+decoder and both weight gradients need only the active entries (as openai/sparse_autoencoder's
+TopK kernels do on GPU, Gao et al. 2024). The encoder forward stays dense; then
 
     idx_GBK   = topk_F(u_GBF)                                   (no gradient: a selection)
     u_GBK     = gather(u_GBF, idx_GBK)                          `_SparsePreActs`
@@ -28,6 +28,8 @@ openai/sparse_autoencoder's kernels do this on GPU). The encoder forward stays d
 with backward dW_enc[:, f] = sum_{(b, k): idx = f} du_bk z_b, dW_dec[f] = sum_{(b, k): idx = f}
 a_bk dz_hat_b, da_bk = dz_hat_b . W_dec[idx_bk]: O(B K D) each instead of the O(B F D) matmuls of
 the dense path. Same numbers to float32 rounding (the sums run in another order).
+`TrainSettings.select_bf16`: u_GBF from a bfloat16 matmul only chooses idx_GBK; u_GBK is then
+computed in float32 as K sampled dot products per row.
 """
 
 from __future__ import annotations
@@ -341,8 +343,8 @@ class SAE(nn.Module):
     def topk_select(self, z_BD: torch.Tensor, select_dtype: torch.dtype | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(u_GBF, idx_GBK, fired_GF) without gradients: the dense pre-activations, the k largest
-        per row (the latents `activate` keeps) and which latents fired (u > 0 at a kept index) in
-        the batch. select_dtype (e.g. torch.bfloat16, where the CPU has AMX / AVX-512 BF16): u_GBF
+        per row (the latents `activate` keeps) and which latents fired (u > 0 at a kept index; with
+        select_dtype, judged on the rounded u) in the batch. select_dtype (e.g. torch.bfloat16, where the CPU has AMX / AVX-512 BF16): u_GBF
         from a matmul in that dtype, ~8x faster here; it only chooses idx (near-ties at the k-th
         value may then differ from float32's choice); sparse_forward computes the chosen
         pre-activations exactly."""
