@@ -16,12 +16,27 @@ of the latents equals the decoder-norm-weighted L1 of Anthropic's formulation, a
 starts as the decoder's transpose (Conerly et al. 2024; Gao et al. 2024, sec. 2.4).
 
 The loss is the pure function `sae_loss`; calibration and training both call it.
+
+TopK's sparse path (opt-in: `TrainSettings.sparse_topk`): with k of F latents active per row, the
+decoder and both weight gradients need only the active entries (as openai/sparse_autoencoder's
+TopK kernels do on GPU, Gao et al. 2024). The encoder forward stays dense; then
+
+    idx_GBK   = topk_F(u_GBF)                                   (no gradient: a selection)
+    u_GBK     = gather(u_GBF, idx_GBK)                          `_SparsePreActs`
+    z_hat_GBD = sum_K relu(u_GBK) * W_dec_GFD[idx_GBK] + b_dec_GD   `_SparseDecode`
+
+with backward dW_enc[:, f] = sum_{(b, k): idx = f} du_bk z_b, dW_dec[f] = sum_{(b, k): idx = f}
+a_bk dz_hat_b, da_bk = dz_hat_b . W_dec[idx_bk]: O(B K D) each instead of the O(B F D) matmuls of
+the dense path. Same numbers to float32 rounding (the sums run in another order).
+`TrainSettings.select_bf16`: u_GBF from a bfloat16 matmul only chooses idx_GBK; u_GBK is then
+computed in float32 as K sampled dot products per row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +136,120 @@ def jumprelu(u_GBF: torch.Tensor, theta_G1F: torch.Tensor, ste: str, width: floa
     return _JumpReLU.apply(u_GBF, theta_G1F, ste, width)
 
 
+# --- TopK's sparse kernels --------------------------------------------------------------------
+# Stacked models are one block-diagonal problem: model g's latent f is row g F + f of the
+# flattened [G F, D] weights and its batch row b is row g B + b, so one sparse product serves
+# every g. On CPU, torch's CSR sparse @ dense and CSR sampled_addmm beat index_add_ over a
+# materialised [B K, D] source, COO products and embedding_bag's own backward (measured at
+# B 2048, K 32-64, D 768, F 4096; bench/bench_acts.py times the whole step).
+
+
+def _cols(idx_GBK: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """[G B K] column g F + idx_gbk of every active entry in the flattened [G F] latents."""
+    G = idx_GBK.shape[0]
+    col_GBK = idx_GBK if G == 1 else idx_GBK + n_latents * torch.arange(G, device=idx_GBK.device)[:, None, None]
+    return col_GBK.reshape(-1)
+
+
+def _sampled_dot(idx_GBK: torch.Tensor, x_GBD: torch.Tensor, W_GFD: torch.Tensor) -> torch.Tensor:
+    """out_GBK[g, b, k] = x_gb . W[g, idx_gbk]: only the K sampled entries of x @ W^T per row
+    (CSR sampled_addmm; the pattern's values are ignored, beta 0)."""
+    G, B, K = idx_GBK.shape
+    Fl, D = W_GFD.shape[1:]
+    with warnings.catch_warnings():  # "CSR support is in beta state", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(torch.arange(0, G * B * K + 1, K, device=idx_GBK.device),
+                                          _cols(idx_GBK, Fl), torch.zeros(G * B * K, dtype=x_GBD.dtype,
+                                                                          device=x_GBD.device),
+                                          (G * B, G * Fl), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, x_GBD.reshape(G * B, D), W_GFD.reshape(G * Fl, D).T,
+                                      beta=0.0).values().reshape(G, B, K)
+
+
+def _latent_sum(idx_GBK: torch.Tensor, w_GBK: torch.Tensor, x_GBD: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """out_GFD[g, f] = sum_{(b, k): idx_gbk = f} w_gbk x_gbd, i.e. S^T @ x with S the [G B, G F]
+    block-diagonal sparse matrix holding w at (g B + b, g F + idx_gbk): what the dense path gets as
+    a^T @ x with a mostly zero. S^T is built as CSR from one stable sort of the columns (torch's
+    COO product would sort them again, and copies more: ~5x slower here)."""
+    G, B, K = idx_GBK.shape
+    col_M = _cols(idx_GBK, n_latents)
+    order_M = torch.argsort(col_M, stable=True)
+    crow = torch.zeros(G * n_latents + 1, dtype=torch.long, device=idx_GBK.device)
+    torch.cumsum(torch.bincount(col_M, minlength=G * n_latents), 0, out=crow[1:])
+    row_M = torch.div(order_M, K, rounding_mode="floor")  # entry m sits in flattened batch row m // K
+    with warnings.catch_warnings():  # "CSR support is in beta state", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        S_T = torch.sparse_csr_tensor(crow, row_M, w_GBK.reshape(-1)[order_M], (G * n_latents, G * B),
+                                      check_invariants=False)
+    return torch.mm(S_T, x_GBD.reshape(G * B, -1)).reshape(G, n_latents, -1)
+
+
+class _SparsePreActs(torch.autograd.Function):
+    """u_GBK = u_GBF.gather(idx_GBK), u_GBF = z_BD @ W_enc_GDF + b_enc_GF given (computed without
+    gradient); the backward reaches W_enc, b_enc (and z) only through the K entries per row:
+        dW_enc[g, :, f] = sum_{(b, k): idx = f} du_gbk z_gb,   db_enc[g, f] = sum du_gbk,
+        dz_gb = sum_k du_gbk W_enc[g, :, idx_gbk]  (summed over g when z is shared)."""
+
+    @staticmethod
+    def forward(ctx, z_BD, W_enc_GDF, b_enc_GF, u_GBF, idx_GBK):
+        ctx.save_for_backward(z_BD, W_enc_GDF, idx_GBK)
+        if u_GBF.dtype == z_BD.dtype:
+            return u_GBF.gather(-1, idx_GBK)
+        # u_GBF was a reduced-precision matmul (it chose idx): the K values exactly, in z's dtype
+        G, B, K = idx_GBK.shape
+        b_GBK = b_enc_GF.gather(-1, idx_GBK.reshape(G, -1)).reshape(G, B, K)
+        return _sampled_dot(idx_GBK, z_BD.expand(G, B, -1).contiguous(), W_enc_GDF.transpose(1, 2)) + b_GBK
+
+    @staticmethod
+    def backward(ctx, du_GBK):
+        z_BD, W_enc_GDF, idx_GBK = ctx.saved_tensors
+        G, B, K = idx_GBK.shape
+        Fl = W_enc_GDF.shape[2]
+        du_GBK = du_GBK.contiguous()
+        z_GBD = z_BD.expand(G, B, -1)
+        dz = dW = db = None
+        if ctx.needs_input_grad[1]:
+            # (du^T @ z)^T: F-major memory, W_enc's own layout (SAE.__init__ clones a transposed
+            # W_dec), so autograd keeps it without a copy
+            dW = _latent_sum(idx_GBK, du_GBK, z_GBD.contiguous(), Fl).transpose(1, 2)
+        if ctx.needs_input_grad[2]:
+            db = torch.zeros(G, Fl, dtype=du_GBK.dtype, device=du_GBK.device)
+            db.scatter_add_(-1, idx_GBK.reshape(G, -1), du_GBK.reshape(G, -1))
+        if ctx.needs_input_grad[0]:  # z itself rarely needs one (an input), so no care for speed
+            dz = _SparseDecode.apply(du_GBK, idx_GBK, W_enc_GDF.transpose(1, 2).contiguous())
+            dz = dz.sum(0) if z_BD.ndim == 2 else dz
+        return dz, dW, db, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """x_GBD = sum_k a_GBK[..., k] W_GFD[g, idx_GBK[..., k]] (no bias): embedding_bag with per-row
+    weights over the flattened [G F, D] rows. Backward:
+        da_gbk = dx_gb . W[g, idx_gbk]   (CSR sampled_addmm: only the K sampled dot products)
+        dW[g, f] = sum_{(b, k): idx = f} a_gbk dx_gb"""
+
+    @staticmethod
+    def forward(ctx, a_GBK, idx_GBK, W_GFD):
+        G, B, K = idx_GBK.shape
+        Fl, D = W_GFD.shape[1:]
+        ctx.save_for_backward(a_GBK, idx_GBK, W_GFD)
+        x_MD = F.embedding_bag(_cols(idx_GBK, Fl).reshape(G * B, K), W_GFD.reshape(G * Fl, D),
+                               per_sample_weights=a_GBK.reshape(G * B, K), mode="sum")
+        return x_MD.reshape(G, B, D)
+
+    @staticmethod
+    def backward(ctx, dx_GBD):
+        a_GBK, idx_GBK, W_GFD = ctx.saved_tensors
+        G, B, K = idx_GBK.shape
+        Fl, D = W_GFD.shape[1:]
+        dx_MD = dx_GBD.contiguous().reshape(G * B, D)
+        da = dW = None
+        if ctx.needs_input_grad[0]:
+            da = _sampled_dot(idx_GBK, dx_MD, W_GFD)
+        if ctx.needs_input_grad[2]:
+            dW = _latent_sum(idx_GBK, a_GBK, dx_MD, Fl)
+        return da, None, dW
+
+
 # --- the module -------------------------------------------------------------------------------
 
 
@@ -156,11 +285,15 @@ class SAE(nn.Module):
     def theta_GF(self) -> torch.Tensor:
         return self.log_theta_GF.exp()
 
-    def pre_acts(self, z_BD: torch.Tensor) -> torch.Tensor:
-        """u_GBF = z_BD @ W_enc_GDF + b_enc_GF; z may also be [G, B, D] (a batch per model)."""
+    def pre_acts(self, z_BD: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """u_GBF = z_BD @ W_enc_GDF + b_enc_GF; z may also be [G, B, D] (a batch per model).
+        dtype: the matmul in that dtype (the operands cast to it), e.g. torch.bfloat16."""
         G, D = self.n_models, self.cfg.d_in
         if not ((z_BD.ndim == 2 and z_BD.shape[1] == D) or (z_BD.ndim == 3 and z_BD.shape[0] == G and z_BD.shape[2] == D)):
             raise ValueError(f"SAE: expected z [B, {D}] or [{G}, B, {D}], got {tuple(z_BD.shape)}")
+        if dtype is not None:
+            return torch.baddbmm(self.b_enc_GF.to(dtype)[:, None, :], z_BD.to(dtype).expand(G, -1, -1),
+                                 self.W_enc_GDF.to(dtype))
         return torch.baddbmm(self.b_enc_GF[:, None, :], z_BD.expand(G, -1, -1), self.W_enc_GDF)
 
     def activate(self, u_GBF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,6 +336,50 @@ class SAE(nn.Module):
         # relu(-inf) = 0: fewer than aux_k dead latents just leaves the rest at zero
         a_GBF = torch.zeros_like(u_GBF).scatter(-1, idx_GBK, F.relu(vals_GBK))
         return torch.bmm(a_GBF, self.W_dec_GFD)
+
+    # --- TopK's sparse path (see the module docstring); G >= 1 -----------------------------------
+
+    @torch.no_grad()
+    def topk_select(self, z_BD: torch.Tensor, select_dtype: torch.dtype | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(u_GBF, idx_GBK, fired_GF) without gradients: the dense pre-activations, the k largest
+        per row (the latents `activate` keeps) and which latents fired (u > 0 at a kept index; with
+        select_dtype, judged on the rounded u) in the batch. select_dtype (e.g. torch.bfloat16, where the CPU has AMX / AVX-512 BF16): u_GBF
+        from a matmul in that dtype, ~8x faster here; it only chooses idx (near-ties at the k-th
+        value may then differ from float32's choice); sparse_forward computes the chosen
+        pre-activations exactly."""
+        if self.cfg.arch != "topk":
+            raise ValueError(f"SAE.topk_select: the sparse path is for arch topk, not {self.cfg.arch!r}")
+        u_GBF = self.pre_acts(z_BD, select_dtype)
+        vals_GBK, idx_GBK = u_GBF.topk(self.cfg.k, dim=-1)
+        fired_GF = torch.zeros(u_GBF.shape[0], u_GBF.shape[2], device=u_GBF.device)
+        fired_GF.scatter_add_(-1, idx_GBK.flatten(1), (vals_GBK > 0).flatten(1).to(fired_GF.dtype))
+        return u_GBF, idx_GBK, fired_GF > 0
+
+    @torch.no_grad()
+    def aux_select(self, u_GBF: torch.Tensor, dead_GF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idx_GBA, valid_GBA), A = aux_k: `aux_decode`'s choice (the aux_k largest pre-activations
+        among dead latents); valid is False where fewer than aux_k are dead."""
+        u_dead_GBF = u_GBF.masked_fill(~dead_GF[:, None, :], float("-inf"))
+        vals_GBA, idx_GBA = u_dead_GBF.topk(self.cfg.aux_k, dim=-1)
+        return idx_GBA, vals_GBA > float("-inf")
+
+    def sparse_forward(self, z_BD: torch.Tensor, u_GBF: torch.Tensor, idx_GBK: torch.Tensor,
+                       aux: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(z_hat_GBD, a_GBK, aux_hat_GBD or None): `decode(activate(u))` and `aux_decode` of the
+        dense path from the active entries alone (u_GBF, idx_GBK from topk_select, aux from
+        aux_select). a_GBK holds the latents at idx_GBK (sae_loss's L0 counts its non-zeros)."""
+        K = idx_GBK.shape[-1]
+        idx_all = idx_GBK if aux is None else torch.cat([idx_GBK, aux[0]], -1)
+        u_sel_GBK = _SparsePreActs.apply(z_BD, self.W_enc_GDF, self.b_enc_GF, u_GBF, idx_all)
+        a_GBK = F.relu(u_sel_GBK[..., :K])
+        z_hat_GBD = _SparseDecode.apply(a_GBK, idx_GBK, self.W_dec_GFD) + self.b_dec_GD[:, None, :]
+        if aux is None:
+            return z_hat_GBD, a_GBK, None
+        # an invalid slot (fewer than aux_k dead latents) is 0 as relu(-inf) is in aux_decode
+        a_aux_GBA = torch.where(aux[1], F.relu(u_sel_GBK[..., K:]), 0.0)
+        return z_hat_GBD, a_GBK, _SparseDecode.apply(a_aux_GBA, aux[0], self.W_dec_GFD)
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:

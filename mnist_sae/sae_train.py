@@ -35,6 +35,12 @@ class TrainSettings:
     sparsity_warmup: float = 0.0  # share of the first steps over which the sparsity coefficient ramps linearly from 0
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019), both fused
     weight_decay: float = 0.0  # adamw only
+    # topk only: decode and backpropagate through the k active latents alone (SAE.sparse_forward);
+    # the same numbers to float32 rounding, not bit for bit, so off by default (checkpoints keep their bits)
+    sparse_topk: bool = False
+    # sparse_topk only: choose the k latents from a bfloat16 encoder matmul (fast where the CPU has
+    # AMX / AVX-512 BF16), then compute their pre-activations exactly in float32 (SAE.topk_select)
+    select_bf16: bool = False
 
 
 def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
@@ -102,6 +108,11 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     if steps_per_epoch == 0:
         raise ValueError(f"train_sae: batch_size {bs} > {n} examples")
     use_aux = cfg.arch == "topk"
+    if settings.sparse_topk and not use_aux:
+        raise ValueError(f"train_sae: sparse_topk needs arch topk, got {cfg.arch!r}")
+    if settings.select_bf16 and not settings.sparse_topk:
+        raise ValueError("train_sae: select_bf16 needs sparse_topk")
+    select_dtype = torch.bfloat16 if settings.select_bf16 else None
     total_steps = steps_per_epoch * settings.epochs
     decay_from = total_steps - int(settings.lr_decay * total_steps)  # first step with a reduced lr
     # sparsity warm-up (Anthropic, "Circuits Updates - April 2024": lambda ramped up over the first 5%)
@@ -116,14 +127,25 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             perm_N = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
             z_BD = gather(perm_N[..., i * bs:(i + 1) * bs])
-            u_GBF = sae.pre_acts(z_BD)
-            a_GBF, penalty_GB = sae.activate(u_GBF)
-            z_hat_GBD = sae.decode(a_GBF)
-            aux_hat_GBD = None
-            fired_GF = (a_GBF.detach() != 0).any(1) if use_aux or settings.resample_every else None
-            if use_aux:
+            if settings.sparse_topk:  # a_GBF is then a_GBK: the k active latents of each row
+                u_GBF, idx_GBK, fired_GF = sae.topk_select(z_BD, select_dtype)
                 idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
-                aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
+                dead_GF = idle_GF > settings.dead_steps
+                # none dead (the usual case): aux_decode's output is exactly 0, with no gradient
+                aux = sae.aux_select(u_GBF, dead_GF) if bool(dead_GF.any()) else None
+                z_hat_GBD, a_GBF, aux_hat_GBD = sae.sparse_forward(z_BD, u_GBF, idx_GBK, aux)
+                if aux_hat_GBD is None:
+                    aux_hat_GBD = torch.zeros_like(z_hat_GBD)
+                penalty_GB = z_hat_GBD.new_zeros(G, z_hat_GBD.shape[1])
+            else:
+                u_GBF = sae.pre_acts(z_BD)
+                a_GBF, penalty_GB = sae.activate(u_GBF)
+                z_hat_GBD = sae.decode(a_GBF)
+                aux_hat_GBD = None
+                fired_GF = (a_GBF.detach() != 0).any(1) if use_aux or settings.resample_every else None
+                if use_aux:
+                    idle_GF = torch.where(fired_GF, 0, idle_GF + 1)
+                    aux_hat_GBD = sae.aux_decode(u_GBF, idle_GF > settings.dead_steps)
             step_coef_G = coef_G if step >= warm_steps else coef_G * ((step + 1) / warm_steps)
             terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, step_coef_G, kl_coef=settings.kl_coef,
                              space=space, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
