@@ -30,7 +30,8 @@ def dense_terms(sae, z_BD, dead_GF):
     z_hat_GBD = sae.decode(a_GBF)
     aux_hat_GBD = sae.aux_decode(u_GBF, dead_GF)
     coef_G = torch.zeros(sae.n_models)
-    return z_hat_GBD, aux_hat_GBD, sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, aux_hat_GBD=aux_hat_GBD)
+    return z_hat_GBD, aux_hat_GBD, sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, coef_G, aux_hat_GBD=aux_hat_GBD,
+                                             aux_coef=1 / 32)
 
 
 def sparse_terms(sae, z_BD, dead_GF):
@@ -38,7 +39,7 @@ def sparse_terms(sae, z_BD, dead_GF):
     z_hat_GBD, a_GBK, aux_hat_GBD = sae.sparse_forward(z_BD, u_GBF, idx_GBK, sae.aux_select(u_GBF, dead_GF))
     coef_G = torch.zeros(sae.n_models)
     terms = sae_loss(z_BD, z_hat_GBD, a_GBK, z_hat_GBD.new_zeros(sae.n_models, z_BD.shape[-2]), coef_G,
-                     aux_hat_GBD=aux_hat_GBD)
+                     aux_hat_GBD=aux_hat_GBD, aux_coef=1 / 32)
     return z_hat_GBD, aux_hat_GBD, terms, fired_GF
 
 
