@@ -56,6 +56,7 @@ from mnist_sae.acts_fit import CacheBatches  # noqa: E402
 from mnist_sae.planted import PlantedSpec, generate  # noqa: E402
 from mnist_sae.sae import SAE, SAEConfig  # noqa: E402
 from mnist_sae.sae_train import TrainSettings, train_sae  # noqa: E402
+from mnist_sae.space import InputSpace  # noqa: E402
 
 L1 = 1e-3
 LR = 1e-3
@@ -80,7 +81,7 @@ def ours(acts: Activations, a: argparse.Namespace, seed: int, arch: str = "relu"
     if rows_N is None:
         rows_N = np.sort(np.random.default_rng(seed).choice(acts.n_rows, a.steps * a.batch, replace=False))
     mean_D = torch.zeros(a.d) if mean_D is None else mean_D
-    source = CacheBatches(acts, rows_N, mean_D, torch.ones(a.d))  # z = x - mean_D
+    source = CacheBatches(acts, rows_N, InputSpace(mean_D, torch.ones(a.d), True))  # z = x - mean_D
     settings = TrainSettings(lr=LR, epochs=1, batch_size=a.batch, optimizer="adamw", weight_decay=1e-2,
                              log_every=10**9, sparse_topk=sparse, select_bf16=bf16)
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ import torch
 
 from mnist_sae import metrics, truth
 from mnist_sae.acts import Cache, Truth
+from mnist_sae.acts_fit import checkpoint_space
 from mnist_sae.baselines import fit_probe
 from mnist_sae.evaluate import CORE_NOTE, core_table
 from mnist_sae.sae import SAE, reconstruct
@@ -61,11 +62,10 @@ class Chunk(NamedTuple):
     a_BF: torch.Tensor
 
 
-def recon_chunks(cache: Cache, rows_N: np.ndarray, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, chunk: int):
+def recon_chunks(cache: Cache, rows_N: np.ndarray, sae: SAE, space: InputSpace, chunk: int):
     """The SAE on rows_N, `chunk` rows at a time (memory: one chunk, whatever the split's size).
     reconstruct runs in pieces of 4096 rows, so a chunk that is a multiple of 4096 gives every row
     the bits of one pass over the whole split."""
-    space = InputSpace(mean_D, std_D, True)
     for i, x_BD in cache.acts.chunks(rows_N, chunk):
         x_BD = torch.from_numpy(x_BD)
         z_BD = space.to_z(x_BD)
@@ -146,14 +146,14 @@ class RowSums:
                 "dense_fraction": metrics.dense_fraction(freq_F, dense_threshold), "core": core}
 
 
-def score_split(cache: Cache, rows_N: np.ndarray, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor,
+def score_split(cache: Cache, rows_N: np.ndarray, sae: SAE, space: InputSpace,
                 layers: list[int], dense_threshold: float, chunk: int, visitors=()) -> dict:
     """RowSums.scores of the SAE on rows_N, and "per_layer" ({layer: the same on that layer's rows};
     empty without layers), in two passes over the memmap (the rows' means, then the SAE): memory
     is one chunk. Each visitor is called with every Chunk (usage counts, probes, truth)."""
     layer_N = cache.meta["layer"][rows_N] if layers else None
-    sums = {g: RowSums(m_D, mean_D) for g, m_D in group_means(cache, rows_N, layer_N, layers, chunk).items()}
-    for ch in recon_chunks(cache, rows_N, sae, mean_D, std_D, chunk):
+    sums = {g: RowSums(m_D, space.y_mean_D) for g, m_D in group_means(cache, rows_N, layer_N, layers, chunk).items()}
+    for ch in recon_chunks(cache, rows_N, sae, space, chunk):
         for g, keep_B in _groups(layer_N, layers, int(ch.pos_B[0]), len(ch.pos_B)):
             sums[g].add(*(t if keep_B is None else t[keep_B] for t in ch[2:]))
         for visit in visitors:
@@ -197,7 +197,7 @@ class CacheScores(NamedTuple):
     truth: dict | None  # TruthFiring.scores of the test split (planted caches)
 
 
-def score_cache(cache: Cache, rows: dict[str, np.ndarray], sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor,
+def score_cache(cache: Cache, rows: dict[str, np.ndarray], sae: SAE, space: InputSpace,
                 layers: list[int], s: EvalSettings) -> CacheScores:
     """score_split of train, val and test (rows: each split's scored rows), streamed; the train
     pass keeps the probes' rows, the probes are fitted, and the test pass feeds the probes, the
@@ -207,8 +207,8 @@ def score_cache(cache: Cache, rows: dict[str, np.ndarray], sae: SAE, mean_D: tor
     if cache.labels_R is not None:
         columns["label"] = cache.labels_R[rows["test"]]
     usage = UsageCounts(columns)
-    true = None if cache.truth is None else TruthFiring(sae, std_D, cache.truth)
-    score = partial(score_split, cache, sae=sae, mean_D=mean_D, std_D=std_D, layers=layers,
+    true = None if cache.truth is None else TruthFiring(sae, space, cache.truth)
+    score = partial(score_split, cache, sae=sae, space=space, layers=layers,
                     dense_threshold=s.dense_threshold, chunk=s.chunk_rows)
     splits = {"train": score(rows_N=rows["train"], visitors=[probes.gather] if probes else [])}
     splits["val"] = score(rows_N=rows["val"])
@@ -222,9 +222,8 @@ def score_cache(cache: Cache, rows: dict[str, np.ndarray], sae: SAE, mean_D: tor
 # --- with the transformer: the reconstruction spliced back into the model ------------------------------
 
 
-def sae_replacer(sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor):
+def sae_replacer(sae: SAE, space: InputSpace):
     """r_BSD -> the SAE's reconstruction of every token's residual, in the residual's units."""
-    space = InputSpace(mean_D, std_D, True)
 
     def replace(r_BSD: torch.Tensor) -> torch.Tensor:
         z_hat_ND = reconstruct(sae, space.to_z(r_BSD.reshape(-1, r_BSD.shape[-1])))[0].cpu()
@@ -254,7 +253,7 @@ def token_means(cache: Cache, rows_N: np.ndarray, layers: list[int], n_tokens: i
                             for t in range(n_tokens)]) for l in layers}
 
 
-def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_EI: torch.Tensor, labels_E: torch.Tensor,
+def splice_layers(model, sae: SAE, space: InputSpace, x_EI: torch.Tensor, labels_E: torch.Tensor,
                   mean_LSD: dict[int, torch.Tensor], layers: list[int]) -> tuple[dict[str, dict], dict[str, dict]]:
     """({layer: splice_summary}, {layer: spliced_head}) for images x_EI: the SAE's reconstruction
     spliced in after each layer at every token, the mean ablation (mean_LSD[layer], token_means of
@@ -264,7 +263,7 @@ def splice_layers(model, sae: SAE, mean_D: torch.Tensor, std_D: torch.Tensor, x_
 
     out, heads = {}, {}
     for l in layers:
-        clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, mean_D, std_D))
+        clean_NO, spliced_NO = spliced_logits(model, x_EI, l, sae_replacer(sae, space))
         _, ablated_NO = spliced_logits(model, x_EI, l, lambda r_BSD: mean_LSD[l].expand_as(r_BSD))
         _, zero_NO = spliced_logits(model, x_EI, l, torch.zeros_like)
         out[str(l)] = splice_summary(clean_NO, spliced_NO, ablated_NO, labels_E)
@@ -277,15 +276,16 @@ def score_layer_saes(layer_ckpts: dict, cache: Cache, rows_N: np.ndarray, dense_
                      device: str = "cpu", splice=None) -> dict:
     """{layer: {"test": metrics.reconstruction's keys, "spliced": splice(...)}} of the per-layer SAEs
     of acts_sae ({layer: checkpoint}), each on its own layer's rows of rows_N (the scored test rows);
-    splice(sae, mean_D, std_D, layer) -> splice_summary, or None without a head."""
+    splice(sae, space, layer) -> splice_summary, or None without a head."""
     out = {}
     for l, c in sorted(layer_ckpts.items()):
         sae = SAE.from_checkpoint(c["sae"]).eval().to(device)
         rows_l = rows_N[cache.meta["layer"][rows_N] == int(l)]
-        test = score_split(cache, rows_l, sae, c["mean_D"], c["std_D"], [], dense_threshold, chunk)
+        space = checkpoint_space(c)
+        test = score_split(cache, rows_l, sae, space, [], dense_threshold, chunk)
         out[l] = {"test": {k: v for k, v in test.items() if k not in ("core", "per_layer")}}
         if splice is not None:
-            out[l]["spliced"] = splice(sae, c["mean_D"], c["std_D"], int(l))
+            out[l]["spliced"] = splice(sae, space, int(l))
     return out
 
 
@@ -296,12 +296,12 @@ class TruthFiring:
     """mnist_sae.truth's metrics of the SAE's dictionary against a planted cache's features on the
     rows it is shown (add: a Chunk's rows and codes). The SAE reads z = (x - mean) / std, so
     x_hat = mean + std * (b_dec + a @ W_dec): latent f's atom in the cache's units is std_D * w_f
-    (elementwise), and that is what is compared with the true directions (comparing w_f itself
+    (elementwise, space.to_y_delta), and that is what is compared with the true directions (comparing w_f itself
     would bend every direction by the per-dimension scaling). Kept per row: whether each matched
     latent and its feature fire (2 bytes per row and pair, the rows at most acts.eval.max_rows)."""
 
-    def __init__(self, sae: SAE, std_D: torch.Tensor, true: Truth, threshold: float = truth.RECOVERED_COSINE):
-        self.W_dec_FD = (sae.W_dec_GFD[0].detach().cpu() * std_D).double().numpy()
+    def __init__(self, sae: SAE, space: InputSpace, true: Truth, threshold: float = truth.RECOVERED_COSINE):
+        self.W_dec_FD = space.to_y_delta(sae.W_dec_GFD[0].detach().cpu()).double().numpy()
         self.true, self.threshold = true, threshold
         self.f_P, self.t_P = truth.hungarian_match(truth.abs_cosines(self.W_dec_FD, true.W_true_TD))
         self.live_F = np.zeros(len(self.W_dec_FD), dtype=bool)

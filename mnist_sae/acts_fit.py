@@ -34,25 +34,28 @@ class Fitted:
     lam: float
     lambda_source: str  # "params" | "calibration" | "none (topk)"
     theta_shift: float
-    mean_D: torch.Tensor  # float32 standardization of the training rows
-    std_D: torch.Tensor
+    space: InputSpace  # the training rows' standardization (float32 mean and std, normalize true)
     calibration: Calibration | None
     val: dict  # l0, mse_norm (z space) and dead_fraction on the val rows
     train_rows: int
 
     def checkpoint(self) -> dict:
         return {"sae": self.sae.to_checkpoint(), "lambda": self.lam, "lambda_source": self.lambda_source,
-                "theta_shift": self.theta_shift, "mean_D": self.mean_D, "std_D": self.std_D}
+                "theta_shift": self.theta_shift, "mean_D": self.space.y_mean_D, "std_D": self.space.y_std_D}
+
+
+def checkpoint_space(ckpt: dict) -> InputSpace:
+    """The input space of a cache SAE's checkpoint (Fitted.checkpoint; acts_sae's per-layer ones too)."""
+    return InputSpace(ckpt["mean_D"], ckpt["std_D"], True)
 
 
 class CacheBatches:
     """Rows of a cache as train_sae's `batch_source`: gather(idx_B) reads rows rows_N[idx_B] from
     the memmap (in file order, then put back in idx_B's order), widens them to float32 and
-    standardizes them, z = (x - mean_D) / std_D: memory is one batch whatever the cache's size."""
+    standardizes them (space.to_z): memory is one batch whatever the cache's size."""
 
-    def __init__(self, acts: Activations, rows_N: np.ndarray, mean_D: torch.Tensor, std_D: torch.Tensor,
-                 device: str = "cpu"):
-        self.acts, self.rows_N, self.space, self.device = acts, rows_N, InputSpace(mean_D, std_D, True), device
+    def __init__(self, acts: Activations, rows_N: np.ndarray, space: InputSpace, device: str = "cpu"):
+        self.acts, self.rows_N, self.space, self.device = acts, rows_N, space, device
         self.n_rows = len(rows_N)
         self.z_mean_D = torch.zeros(acts.d)  # the mean of z over these rows (exactly 0 up to rounding): b_dec's start
 
@@ -70,12 +73,12 @@ def fit_cache_sae(cache: Cache, train_rows_N: np.ndarray, val_rows_N: np.ndarray
     seed (plan.seeds of length 1: CacheBatches gathers one batch per step)."""
     if len(plan.seeds) != 1:
         raise ValueError(f"fit_cache_sae: one seed per cache SAE, got seeds {plan.seeds}")
-    mean_D, std_D = (torch.from_numpy(a) for a in row_stats(cache.acts, train_rows_N))
-    train = CacheBatches(cache.acts, train_rows_N, mean_D, std_D, device)
-    z_val_ND = train.space.to_z(torch.from_numpy(cache.load_rows(val_rows_N)))
+    space = InputSpace(*(torch.from_numpy(a) for a in row_stats(cache.acts, train_rows_N)), True)
+    train = CacheBatches(cache.acts, train_rows_N, space, device)
+    z_val_ND = space.to_z(torch.from_numpy(cache.load_rows(val_rows_N)))
     sae, fitted = fit_sae(cfg, None, z_val_ND, plan, device=device, on_step=on_step, batch_source=train)
     z_hat_ND, a_NF = reconstruct(sae, z_val_ND)
     val = {"l0": metrics.l0(a_NF), "mse_norm": metrics.mse(z_val_ND, z_hat_ND),
            "dead_fraction": metrics.dead_fraction(metrics.latent_frequency(a_NF))}
-    return Fitted(sae, fitted.lam, fitted.lambda_source, fitted.theta_shift[0], mean_D, std_D, fitted.calibration, val,
+    return Fitted(sae, fitted.lam, fitted.lambda_source, fitted.theta_shift[0], space, fitted.calibration, val,
                   len(train_rows_N))

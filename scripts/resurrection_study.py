@@ -79,7 +79,7 @@ def main():
         start = time.perf_counter()
         f = fit_cache_sae(cache, train, val, q.sae.config(cache.acts.d), fit_plan(q))
         seconds = time.perf_counter() - start
-        m = score_split(cache, val, f.sae, f.mean_D, f.std_D, [], p.eval.dense_threshold, p.eval.chunk_rows)
+        m = score_split(cache, val, f.sae, f.space, [], p.eval.dense_threshold, p.eval.chunk_rows)
         rows.append((name, f.lam, m, seconds))
         print(f"{name}: lambda {f.lam:.4g}, dead {m['dead_fraction']:.4f}, dense {m['dense_fraction']:.4f}, "
               f"L0 {m['l0']:.2f}, EV {m['explained_variance']:.4f} ({seconds:.0f} s)", flush=True)

@@ -17,6 +17,7 @@ import torch
 
 from mnist_sae import acts_eval as ae
 from mnist_sae.acts import SPLITS, open_cache
+from mnist_sae.acts_fit import checkpoint_space
 from mnist_sae.sae import SAE
 from mnist_sae.vit import ViT
 from stages._acts_params import start_acts_stage
@@ -34,13 +35,13 @@ def main():
     if e.probe_token is not None and cache.labels_R is not None and "token" not in cache.meta:  # no labels: no probes
         raise ParamError(f"acts.eval.probe_token = {e.probe_token}: the cache has no token column; set null")
     ckpt = load_torch(args.sae_pt)
-    sae, mean_D, std_D = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), ckpt["mean_D"], ckpt["std_D"]
+    sae, space = SAE.from_checkpoint(ckpt["sae"]).eval().to(device), checkpoint_space(ckpt)
     layers = [int(v) for v in np.unique(cache.meta["layer"])] if "layer" in cache.meta else []
     # every split streams from the memmap in chunks of acts.eval.chunk_rows; one larger than
     # acts.eval.max_rows is scored on a seeded subsample of its rows
     rows = {name: ae.scored_rows(cache.splits[name], e.max_rows, e.seed + 1 + i) for i, name in enumerate(SPLITS)}
     settings = ae.EvalSettings(**{f.name: getattr(e, f.name) for f in fields(ae.EvalSettings)})  # acts.eval's names
-    sc = ae.score_cache(cache, rows, sae, mean_D, std_D, layers, settings)
+    sc = ae.score_cache(cache, rows, sae, space, layers, settings)
     splits = sc.splits
 
     spliced, splice = {}, None
@@ -51,11 +52,11 @@ def main():
         index_E = np.load(f"{args.cache_dir}/example_index.npy")[ex_E]
         x_EI, labels_E = torch.from_numpy(x_NI[index_E]), torch.from_numpy(labels_N[index_E])
         mean_LSD = ae.token_means(cache, rows["train"], layers, model.cfg.n_tokens)
-        spliced, heads = ae.splice_layers(model, sae, mean_D, std_D, x_EI, labels_E, mean_LSD, layers)
+        spliced, heads = ae.splice_layers(model, sae, space, x_EI, labels_E, mean_LSD, layers)
         for l, head in heads.items():  # the test rows at layer l are the tokens of exactly these examples
             splits["test"]["per_layer"][l]["core"] |= ae.core_downstream(**head)
-        splice = (lambda sae_l, mean_l, std_l, l: ae.splice_layers(model, sae_l, mean_l, std_l, x_EI, labels_E, mean_LSD,
-                                                                   [l])[0][str(l)])
+        splice = (lambda sae_l, space_l, l: ae.splice_layers(model, sae_l, space_l, x_EI, labels_E, mean_LSD,
+                                                             [l])[0][str(l)])
     per_layer_saes = ae.score_layer_saes(ckpt.get("per_layer", {}), cache, rows["test"], e.dense_threshold,
                                          e.chunk_rows, device, splice)
     usage_rows = ae.usage_table(sc.usage, len(rows["test"]), e.top_latents)

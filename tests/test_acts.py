@@ -17,9 +17,10 @@ from mnist_sae import metrics
 from mnist_sae.acts import (Activations, SourceSpec, check_finite, fingerprint, load_labels, load_meta, open_activations,
                             open_cache, parse_source, split_by_example, stream_batches, to_float32, write_index,
                             write_planted_source)
+from mnist_sae.errors import DataError
 from mnist_sae.planted import PlantedSpec, generate
 from mnist_sae.sae import SAE, SAEConfig
-from mnist_sae.errors import DataError
+from mnist_sae.space import InputSpace
 from mnist_sae.vit import ViT, ViTConfig, spliced_logits, write_residuals
 
 
@@ -135,7 +136,7 @@ def test_truth_metrics_map_atoms_back_to_the_cache_units():
     a_NF = torch.from_numpy(true.codes(rows))  # latent f fires exactly when feature f does
 
     def scores(std_D, chunk):
-        firing = TruthFiring(sae, std_D, true)
+        firing = TruthFiring(sae, InputSpace(torch.zeros(4), std_D, True), true)
         for i in range(0, 200, chunk):
             firing.add(rows[i:i + chunk], a_NF[i:i + chunk])
         return firing.scores()
@@ -203,7 +204,6 @@ def test_streamed_scores_equal_the_whole_split_metrics(tmp_path):
     from mnist_sae.acts import row_stats
     from mnist_sae.acts_eval import EvalSettings, Probes, UsageCounts, feature_usage, score_split
     from mnist_sae.sae import reconstruct
-    from mnist_sae.space import InputSpace
 
     cache = _small_cache(tmp_path)
     sae = SAE(SAEConfig(arch="topk", d_in=6, n_latents=12, k=3, aux_k=4), generator=torch.Generator().manual_seed(0))
@@ -221,7 +221,7 @@ def test_streamed_scores_equal_the_whole_split_metrics(tmp_path):
 
     layer_N = torch.from_numpy(cache.meta["layer"][rows])
     ref = whole() | {"per_layer": {str(l): whole(layer_N == l) for l in (0, 1)}}
-    one = score_split(cache, rows, sae, mean_D, std_D, [0, 1], 0.2, chunk=len(rows))
+    one = score_split(cache, rows, sae, space, [0, 1], 0.2, chunk=len(rows))
     assert one == ref
     usage = UsageCounts({"layer": cache.meta["layer"][rows], "token": cache.meta["token"][rows]})
     settings = EvalSettings(dense_threshold=0.2, probe_token=None, probe_n_train=200, probe_C=1.0, probe_max_iter=200,
@@ -230,11 +230,11 @@ def test_streamed_scores_equal_the_whole_split_metrics(tmp_path):
     probes = {}
     for chunk in (len(rows), 7):
         probes[chunk] = Probes(cache, scored, [0, 1], settings)
-        score_split(cache, scored["train"], sae, mean_D, std_D, [], 0.2, chunk, visitors=[probes[chunk].gather])
+        score_split(cache, scored["train"], sae, space, [], 0.2, chunk, visitors=[probes[chunk].gather])
         probes[chunk].fit()
-        score_split(cache, rows, sae, mean_D, std_D, [], 0.2, chunk, visitors=[probes[chunk].predict])
+        score_split(cache, rows, sae, space, [], 0.2, chunk, visitors=[probes[chunk].predict])
     assert probes[7].scores() == probes[len(rows)].scores()
-    chunked = score_split(cache, rows, sae, mean_D, std_D, [0, 1], 0.2, chunk=7, visitors=[usage])
+    chunked = score_split(cache, rows, sae, space, [0, 1], 0.2, chunk=7, visitors=[usage])
     for got, want in [(chunked, ref)] + [(chunked["per_layer"][l], ref["per_layer"][l]) for l in ("0", "1")]:
         assert got.keys() == want.keys() and got["core"].keys() == want["core"].keys()
         for k in want:
@@ -277,8 +277,7 @@ def test_streaming_from_the_memmap_trains_like_the_in_memory_path(tmp_path):
     np.save(tmp_path / "x.npy", x_ND)
     acts = open_activations(parse_source(f"npy:{tmp_path / 'x.npy'}"))
     rows = np.arange(0, 400, 2)
-    mean_D, std_D = torch.zeros(8) + 0.1, torch.ones(8) * 1.5
-    source = CacheBatches(acts, rows, mean_D, std_D)
+    source = CacheBatches(acts, rows, InputSpace(torch.zeros(8) + 0.1, torch.ones(8) * 1.5, True))
     z_ND = source.space.to_z(torch.from_numpy(x_ND[rows].astype(np.float32)))
     source.z_mean_D = z_ND.mean(0)
     settings = TrainSettings(epochs=2, batch_size=16, lr_decay=0.2)
