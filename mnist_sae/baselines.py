@@ -63,7 +63,7 @@ class SiteData:
 
 def make_site(load_split: Callable, space: InputSpace, eval_split: str, to_logits: Callable) -> SiteData:
     """SiteData from `load_split(split) -> (y_ND, logits_NO, labels_N)` (collect.load_collected)."""
-    space = InputSpace(space.y_mean_D.float(), space.y_std_D.float(), space.normalize)
+    space = space.to(torch.float32)
 
     def z(y_ND):
         if y_ND.ndim != 2 or y_ND.shape[1] != space.d:

@@ -33,7 +33,7 @@ def evaluate_split(sae: SAE, y_ND: torch.Tensor, logits_NO: torch.Tensor, labels
              pred_orig_N, pred_recon_N (the FFN's class from y and from y_hat), all on CPU.
     """
     y_ND = y_ND.float().cpu()
-    space = InputSpace(space.y_mean_D.float().cpu(), space.y_std_D.float().cpu(), space.normalize)
+    space = space.to("cpu", torch.float32)
     if y_ND.ndim != 2 or y_ND.shape[1] != space.d:
         raise ValueError(f"evaluate_split: activations {tuple(y_ND.shape)} do not match the {space.d}-d input space")
     z_ND = space.to_z(y_ND)

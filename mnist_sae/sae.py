@@ -144,6 +144,13 @@ def jumprelu(u_GBF: torch.Tensor, theta_G1F: torch.Tensor, ste: str, width: floa
 # B 2048, K 32-64, D 768, F 4096; bench/bench_acts.py times the whole step).
 
 
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torch.sparse_csr_tensor without its invariant check and its "CSR support is in beta state" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
 def _cols(idx_GBK: torch.Tensor, n_latents: int) -> torch.Tensor:
     """[G B K] column g F + idx_gbk of every active entry in the flattened [G F] latents."""
     G = idx_GBK.shape[0]
@@ -156,12 +163,8 @@ def _sampled_dot(idx_GBK: torch.Tensor, x_GBD: torch.Tensor, W_GFD: torch.Tensor
     (CSR sampled_addmm; the pattern's values are ignored, beta 0)."""
     G, B, K = idx_GBK.shape
     Fl, D = W_GFD.shape[1:]
-    with warnings.catch_warnings():  # "CSR support is in beta state", once per process
-        warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(torch.arange(0, G * B * K + 1, K, device=idx_GBK.device),
-                                          _cols(idx_GBK, Fl), torch.zeros(G * B * K, dtype=x_GBD.dtype,
-                                                                          device=x_GBD.device),
-                                          (G * B, G * Fl), check_invariants=False)
+    pattern = _csr(torch.arange(0, G * B * K + 1, K, device=idx_GBK.device), _cols(idx_GBK, Fl),
+                   torch.zeros(G * B * K, dtype=x_GBD.dtype, device=x_GBD.device), (G * B, G * Fl))
     return torch.sparse.sampled_addmm(pattern, x_GBD.reshape(G * B, D), W_GFD.reshape(G * Fl, D).T,
                                       beta=0.0).values().reshape(G, B, K)
 
@@ -177,10 +180,7 @@ def _latent_sum(idx_GBK: torch.Tensor, w_GBK: torch.Tensor, x_GBD: torch.Tensor,
     crow = torch.zeros(G * n_latents + 1, dtype=torch.long, device=idx_GBK.device)
     torch.cumsum(torch.bincount(col_M, minlength=G * n_latents), 0, out=crow[1:])
     row_M = torch.div(order_M, K, rounding_mode="floor")  # entry m sits in flattened batch row m // K
-    with warnings.catch_warnings():  # "CSR support is in beta state", once per process
-        warnings.simplefilter("ignore", UserWarning)
-        S_T = torch.sparse_csr_tensor(crow, row_M, w_GBK.reshape(-1)[order_M], (G * n_latents, G * B),
-                                      check_invariants=False)
+    S_T = _csr(crow, row_M, w_GBK.reshape(-1)[order_M], (G * n_latents, G * B))
     return torch.mm(S_T, x_GBD.reshape(G * B, -1)).reshape(G, n_latents, -1)
 
 

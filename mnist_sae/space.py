@@ -43,8 +43,9 @@ class InputSpace:
     def d(self) -> int:
         return self.y_mean_D.shape[0]
 
-    def to(self, device) -> "InputSpace":
-        return InputSpace(self.y_mean_D.to(device), self.y_std_D.to(device), self.normalize)
+    def to(self, *args) -> "InputSpace":
+        """The statistics moved or cast as Tensor.to(*args) does (a device, a dtype, or both)."""
+        return InputSpace(self.y_mean_D.to(*args), self.y_std_D.to(*args), self.normalize)
 
     def _check(self, x_ND: torch.Tensor, name: str) -> None:
         if x_ND.shape[-1] != self.d:
