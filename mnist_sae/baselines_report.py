@@ -8,6 +8,7 @@ metric, so a wording change reruns only the compare stage, never a fit.
 from __future__ import annotations
 
 from mnist_sae.baselines import METHOD_ORDER, Results, finite_or_none
+from mnist_sae.matched import L0_TOLERANCE, is_matched
 from mnist_sae.stats import separated
 
 TABLE_COLUMNS = (  # (row key, header, format)
@@ -66,14 +67,6 @@ def _best(rows, key, lowest=False):
     if not rows:
         return None
     return (min if lowest else max)(rows, key=lambda r: r[key])
-
-
-L0_TOLERANCE = 0.25  # a row counts as matched at k when |L0 - k| <= 0.25 k
-
-
-def is_matched(row: dict) -> bool:
-    """Whether a row's measured L0 is within L0_TOLERANCE of its k (calibration can miss)."""
-    return row["k"] > 0 and abs(row["l0"] - row["k"]) <= L0_TOLERANCE * row["k"]
 
 
 def _reading(rows: list[dict], probe_raw_acc) -> list[str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from mnist_sae.baselines_report import is_matched
+from mnist_sae.matched import is_matched
 
 SAE_KEYS = ("l0", "acc_drop_pp", "ce_increase", "mse_norm", "dead_fraction")
 ACTS_KEYS = ("explained_variance", "l0", "dead_fraction")
