@@ -105,11 +105,14 @@ def kernels() -> dict:
         "vit_layer_norm": lambda: with_grads(lambda r, g, b: F.layer_norm(r, (64,), g, b, eps=1e-5),
                                              ints(128, 17, 64) * 4, ints(64, salt=1) + 1, ints(64, salt=2)),
         "vit_mm_mlp": lambda: with_grads(lambda h, w: h @ w, ints(128, 17, 64), ints(64, 128, salt=1)),
-        "vit_gelu": lambda: with_grads(F.gelu, ints(128, 17, 128) * 8),
+        "vit_gelu": lambda: with_grads(F.gelu, ints(128, 17, 128) * 8),  # oneDNN's JIT eltwise kernel
+        "vit_gelu_aten": lambda: _without_onednn(lambda: with_grads(F.gelu, ints(128, 17, 128) * 8)),
         "vit_cross_entropy": lambda: with_grads(lambda z: F.cross_entropy(z, torch.arange(128) % 10), ints(128, 10) * 8),
         "vit_adamw_step": _adamw_step,
         "vit_forward_backward": _vit_forward_backward,
         "vit_train_20_steps": _vit_train,
+        "vit_forward_backward_aten": lambda: _without_onednn(_vit_forward_backward),
+        "vit_train_20_steps_aten": lambda: _without_onednn(_vit_train),
         # random numbers (inits, batch order, subsamples)
         "torch_randn": lambda: [torch.randn(4096, generator=torch.Generator().manual_seed(0))],
         "torch_rand": lambda: [torch.rand(4096, generator=torch.Generator().manual_seed(0))],
@@ -121,6 +124,18 @@ def kernels() -> dict:
         "numpy_exp_log": lambda: [np.exp(ints(4096).numpy() * 8), np.log(ints(4096).numpy() + 0.5 + 1e-3)],
     }
     return ks
+
+
+def _without_onednn(f):
+    """f with torch's oneDNN (mkldnn) paths off: F.gelu then runs ATen's own AVX2 kernel. GELU is
+    the only oneDNN kernel the pipeline runs (ONEDNN_VERBOSE=all shows jit:avx2 eltwise_gelu_erf),
+    so these lines tell whether ATen's kernel agrees across machines where oneDNN's does not."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        return f()
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def _fused_adam_step():
