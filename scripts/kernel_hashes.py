@@ -81,7 +81,7 @@ def kernels() -> dict:
         "ffn_mm_forward_backward": lambda: with_grads(lambda x, w: x @ w, x_BI, ints(784, 8192) * 0.1),
         "ffn_relu_cross_entropy": lambda: with_grads(
             lambda h: F.cross_entropy(F.relu(h) @ ints(64, 10, salt=2), torch.arange(8) % 10), ints(8, 64, salt=3)),
-        "ffn_adam_fused_step": _fused_adam_step,
+        "ffn_adam_fused_step": lambda: _optimizer_steps(lambda ps: make_adam(ps, 1e-4), 784, 8192),
         "ffn_train_1024_20_steps": _ffn_train,
         # the MNIST SAE (calibrate, train_sae, baselines): G models batched with baddbmm
         "sae_baddbmm": lambda: with_grads(lambda b, z, w: torch.baddbmm(b, z, w),
@@ -108,7 +108,7 @@ def kernels() -> dict:
         "vit_gelu": lambda: with_grads(F.gelu, ints(128, 17, 128) * 8),  # oneDNN's JIT eltwise kernel
         "vit_gelu_aten": lambda: _without_onednn(lambda: with_grads(F.gelu, ints(128, 17, 128) * 8)),
         "vit_cross_entropy": lambda: with_grads(lambda z: F.cross_entropy(z, torch.arange(128) % 10), ints(128, 10) * 8),
-        "vit_adamw_step": _adamw_step,
+        "vit_adamw_step": lambda: _optimizer_steps(lambda ps: torch.optim.AdamW(ps, lr=3e-3, weight_decay=1e-2), 64, 128),
         "vit_forward_backward": _vit_forward_backward,
         "vit_train_20_steps": _vit_train,
         "vit_forward_backward_aten": lambda: _without_onednn(_vit_forward_backward),
@@ -128,8 +128,9 @@ def kernels() -> dict:
 
 def _without_onednn(f):
     """f with torch's oneDNN (mkldnn) paths off: F.gelu then runs ATen's own AVX2 kernel. GELU is
-    the only oneDNN kernel the pipeline runs (ONEDNN_VERBOSE=all shows jit:avx2 eltwise_gelu_erf),
-    so these lines tell whether ATen's kernel agrees across machines where oneDNN's does not."""
+    the only one of these kernels that runs in oneDNN (ONEDNN_VERBOSE=all shows jit:avx2
+    eltwise_gelu_erf), so these lines tell whether ATen's kernel agrees across machines where
+    oneDNN's does not."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -138,11 +139,13 @@ def _without_onednn(f):
         torch.backends.mkldnn.enabled = before
 
 
-def _fused_adam_step():
-    p = torch.nn.Parameter(ints(784, 8192) * 0.1)
-    opt = make_adam([p], 1e-4)
+def _optimizer_steps(make_opt, *shape: int):
+    """Three steps of the optimizer make_opt([p]) builds on one parameter of that shape, with
+    integer-made gradients: the parameter and Adam's two moments after them."""
+    p = torch.nn.Parameter(ints(*shape) * 0.1)
+    opt = make_opt([p])
     for s in range(3):
-        p.grad = ints(784, 8192, salt=s + 1) * 1e-2
+        p.grad = ints(*shape, salt=s + 1) * 1e-2
         opt.step()
     return [p] + [opt.state[p][k] for k in ("exp_avg", "exp_avg_sq")]
 
@@ -152,15 +155,6 @@ def _ffn_train():
     model = FFN(1024, generator=gen)
     train_ffn(model, pixels(160), torch.arange(160) % 10, lr=1e-3, epochs=1, batch_size=8, generator=gen, progress=False)
     return list(model.parameters())
-
-
-def _adamw_step():
-    p = torch.nn.Parameter(ints(64, 128) * 0.1)
-    opt = torch.optim.AdamW([p], lr=3e-3, weight_decay=1e-2)
-    for s in range(3):
-        p.grad = ints(64, 128, salt=s + 1) * 1e-2
-        opt.step()
-    return [p] + [opt.state[p][k] for k in ("exp_avg", "exp_avg_sq")]
 
 
 def _vit_forward_backward():
@@ -228,14 +222,15 @@ def main() -> int:
     hashes = fingerprints(args.only)
     if not hashes:
         return _bad(f"kernel_hashes: no kernel name starts with {args.only!r}")
-    lines = header() + [f"{name} {h}" for name, h in hashes.items()]
+    head = header()
+    lines = head + [f"{name} {h}" for name, h in hashes.items()]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
     if ref is None:
         print("\n".join(lines))
         return 0
     differ = 0
-    print("\n".join(header()))
+    print("\n".join(head))
     for name, h in hashes.items():
         verdict = "no reference" if name not in ref else "same" if ref[name] == h else "DIFFERS"
         differ += verdict == "DIFFERS"
