@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mnist_sae.errors import DataError
-from mnist_sae.ffn import FFN, pixels_to_float
+from mnist_sae.pixels import pixels_to_float
 from mnist_sae.space import InputSpace
+
+if TYPE_CHECKING:  # the readers below need no FFN; only collect_site's signature names it
+    from mnist_sae.ffn import FFN
 
 SITES = ("logits", "hidden")
 

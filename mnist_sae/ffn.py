@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_sae import sparse_input
+from mnist_sae.pixels import pixels_to_float
+
 
 class FFN(nn.Module):
     """y_BO = act(x_BI) @ W_out_HO + b_out_O with
@@ -36,11 +39,20 @@ class FFN(nn.Module):
         self.W_out_HO = uniform(n_hidden, n_hidden, n_out)
         self.b_out_O = uniform(n_hidden, n_out)
 
+    def input_weights(self) -> list[nn.Parameter]:
+        """The weights that multiply the pixels: [W_in_IH] (relu) or [W_in_IH, W_gate_IH] (geglu)."""
+        return [self.W_in_IH] if self.kind == "relu" else [self.W_in_IH, self.W_gate_IH]
+
     def hidden(self, x_BI: torch.Tensor) -> torch.Tensor:
-        pre_BH = x_BI @ self.W_in_IH + self.b_in_H
+        """x_BI @ W by the sparse-input kernel on CPU (mnist_sae/sparse_input.py), `@` elsewhere."""
+        return self.hidden_from(*[sparse_input.matmul(x_BI, W_IH) for W_IH in self.input_weights()])
+
+    def hidden_from(self, xw_in_BH: torch.Tensor, xw_gate_BH: torch.Tensor | None = None) -> torch.Tensor:
+        """The hidden layer from the pixel products x_BI @ W_in_IH (and x_BI @ W_gate_IH for geglu)."""
+        pre_BH = xw_in_BH + self.b_in_H
         if self.kind == "relu":
             return F.relu(pre_BH)
-        return F.gelu(x_BI @ self.W_gate_IH + self.b_gate_H) * pre_BH
+        return F.gelu(xw_gate_BH + self.b_gate_H) * pre_BH
 
     def head(self, h_BH: torch.Tensor) -> torch.Tensor:
         return h_BH @ self.W_out_HO + self.b_out_O
@@ -57,11 +69,6 @@ class FFN(nn.Module):
         model = cls(**ckpt["config"])
         model.load_state_dict(ckpt["state"])
         return model
-
-
-def pixels_to_float(x_NI: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1], the scaling of the original notebooks."""
-    return x_NI.to(torch.float32) / 255.0
 
 
 @torch.no_grad()

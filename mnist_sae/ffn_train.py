@@ -1,9 +1,12 @@
 """Training loops on in-memory tensors: model, data, settings and a generator in; history out.
 
 Batches are rows indexed from a seeded permutation of a tensor that lives in memory: no
-DataLoader, no per-example Python. At batch 8 the per-step overhead dominates, so the optimizer
-is Adam with fused=True (one kernel for all parameters; ~10x faster than the default foreach
-step on the 8192-wide FFN here, see DESIGN.md and bench/).
+DataLoader, no per-example Python. The optimizer is Adam. On CPU the pixel weights (W_in_IH, and
+W_gate_IH for geglu) take the sparse-input kernels of mnist_sae/sparse_input.py: the product
+x_BI @ W skips the zero pixels, and the weight gradient never exists as a tensor, being folded
+into one pass that updates W, m and v. Autograd and torch's fused Adam (one kernel for all
+parameters; ~10x faster than the default foreach step at batch 8, DESIGN.md) handle the rest of
+the network: the biases and the head. On other devices every parameter takes fused Adam.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from mnist_sae import sparse_input
 from mnist_sae.ffn import FFN, pixels_to_float
 
 
@@ -27,6 +31,37 @@ class FFNHistory:
     loss_per_epoch: list[float] = field(default_factory=list)  # mean train CE of each epoch
     diverged: bool = False  # a non-finite loss stopped training
     steps: int = 0
+
+
+class _Step:
+    """One Adam step on a batch: the CPU path (sparse-input kernels for the pixel weights) or,
+    on other devices, autograd and fused Adam for every parameter."""
+
+    def __init__(self, model: FFN, lr: float):
+        self.model = model
+        self.sparse = model.W_in_IH.device.type == "cpu"
+        pixel_weights = model.input_weights() if self.sparse else []
+        self.input_adams = [sparse_input.SparseInputAdam(W_IH, lr) for W_IH in pixel_weights]
+        others = [p for p in model.parameters() if all(p is not W for W in pixel_weights)]
+        self.opt = make_adam(others, lr)
+
+    def __call__(self, x_BI: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if not self.sparse:
+            loss = F.cross_entropy(model(x_BI), labels_B)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            return loss
+        # the products x_BI @ W are leaves: backward stops at them and leaves d loss / d product
+        xw_BH = [sparse_input.product(x_BI, W_IH).requires_grad_(True) for W_IH in model.input_weights()]
+        loss = F.cross_entropy(model.head(model.hidden_from(*xw_BH)), labels_B)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        for adam, xw in zip(self.input_adams, xw_BH):
+            adam.step(x_BI, xw.grad)
+        return loss
 
 
 def train_ffn(model: FFN, x_NI: torch.Tensor, y_N: torch.Tensor, *, lr: float, epochs: int,
@@ -43,7 +78,7 @@ def train_ffn(model: FFN, x_NI: torch.Tensor, y_N: torch.Tensor, *, lr: float, e
     device = model.W_in_IH.device
     xf_NI = pixels_to_float(x_NI).to(device)
     y_N = y_N.long().to(device)
-    opt = make_adam(model.parameters(), lr)
+    step_fn = _Step(model, lr)
     history = FFNHistory()
     steps_per_epoch = n // batch_size  # the last partial batch is dropped, as the notebooks did
     for epoch in range(epochs):
@@ -53,10 +88,7 @@ def train_ffn(model: FFN, x_NI: torch.Tensor, y_N: torch.Tensor, *, lr: float, e
                    mininterval=2.0, leave=True)
         for step in bar:
             idx_B = perm_N[step * batch_size:(step + 1) * batch_size]
-            loss = F.cross_entropy(model(xf_NI[idx_B]), y_N[idx_B])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = step_fn(xf_NI[idx_B], y_N[idx_B])
             loss_sum += loss.detach()
             history.steps += 1
             if on_step is not None:

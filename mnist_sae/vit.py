@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_sae.ffn import pixels_to_float
+from mnist_sae.pixels import pixels_to_float
 
 
 @dataclass(frozen=True)

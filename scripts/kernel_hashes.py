@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from mnist_sae import sparse_input  # noqa: E402
 from mnist_sae.ffn import FFN  # noqa: E402
 from mnist_sae.ffn_train import make_adam, train_ffn  # noqa: E402
 from mnist_sae.vit import ViT, ViTConfig, train_vit, ViTSettings  # noqa: E402
@@ -82,6 +83,10 @@ def kernels() -> dict:
         "ffn_relu_cross_entropy": lambda: with_grads(
             lambda h: F.cross_entropy(F.relu(h) @ ints(64, 10, salt=2), torch.arange(8) % 10), ints(8, 64, salt=3)),
         "ffn_adam_fused_step": lambda: _optimizer_steps(lambda ps: make_adam(ps, 1e-4), 784, 8192),
+        # the sparse-input kernels of our own (Numba) that train the pixel weights on CPU
+        "ffn_sparse_product": lambda: [sparse_input.product(x_BI, ints(784, 8192) * 0.1)],
+        "ffn_sparse_product_4096": lambda: [sparse_input.product(pixels(4096).float() / 255, ints(784, 1024) * 0.1)],
+        "ffn_sparse_adam_step": _sparse_adam_steps,
         "ffn_train_1024_20_steps": _ffn_train,
         # the MNIST SAE (calibrate, train_sae, baselines): G models batched with baddbmm
         "sae_baddbmm": lambda: with_grads(lambda b, z, w: torch.baddbmm(b, z, w),
@@ -148,6 +153,15 @@ def _optimizer_steps(make_opt, *shape: int):
         p.grad = ints(*shape, salt=s + 1) * 1e-2
         opt.step()
     return [p] + [opt.state[p][k] for k in ("exp_avg", "exp_avg_sq")]
+
+
+def _sparse_adam_steps():
+    """Three SparseInputAdam steps on an 8192-wide pixel weight: the weight and both moments."""
+    W_IH = ints(784, 8192) * 0.1
+    adam = sparse_input.SparseInputAdam(W_IH, lr=1e-4)
+    for s in range(3):
+        adam.step(pixels(8, salt=s + 1).float() / 255, ints(8, 8192, salt=s + 1) * 1e-2)
+    return [W_IH, torch.from_numpy(adam.m_IH), torch.from_numpy(adam.v_IH)]
 
 
 def _ffn_train():

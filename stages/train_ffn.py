@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import torch
 
 from mnist_sae.ffn import FFN
@@ -45,7 +46,8 @@ from stages._common import (DataError, atomic_path, load_device, load_params, lo
 from stages._ffn_params import FFNParams
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ["stages/train_ffn.py", "stages/_ffn_params.py", "stages/_numerics.py", "mnist_sae/ffn.py", "mnist_sae/ffn_train.py"]
+CODE = ["stages/train_ffn.py", "stages/_ffn_params.py", "stages/_numerics.py", "mnist_sae/ffn.py", "mnist_sae/ffn_train.py",
+        "mnist_sae/sparse_input.py", "mnist_sae/pixels.py"]
 
 
 def point_name(hidden: int, lr: float) -> str:
@@ -72,6 +74,7 @@ def point_key(hidden: int, lr: float, p: FFNParams, device: str, digests: dict) 
     numerics = _numerics.describe()
     what = {"hidden": hidden, "lr": lr, "type": p.type, "batch_size": p.batch_size, "epochs": p.epochs,
             "seed": p.seed, "device": device, "portable": numerics["portable"], "torch": numerics["torch"],
+            "numba": numba.__version__,
             "cpu": None if numerics["portable"] else numerics["cpu_capability"], **digests}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
