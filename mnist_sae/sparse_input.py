@@ -21,7 +21,10 @@ only compute more independent elements at once).
              v = b2 * v + (1 - b2) * (g * g)
              W = W - step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps)
              with step_size = lr / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) computed in
-             float64 and rounded to float32 once per step (torch.optim.Adam's update, written out)
+             float64 and rounded to float32 once per step (torch.optim.Adam's update, written out).
+             A row whose pixel has been zero in every batch so far is skipped: its m and v are
+             still exactly 0, so the update above would leave W, m and v as they are (69 of
+             MNIST's 784 pixels are zero in every training image).
 
 error_model="numpy" lets a division by zero give inf like NumPy instead of a Python exception;
 that check is what kept LLVM from vectorizing the Adam loop (18 ms -> 3.8 ms per 8192-wide
@@ -79,10 +82,16 @@ def _adam_row(g_N, p_N, m_N, v_N, step_size, b1, omb1, b2, omb2, inv_sqrt_bc2, e
 
 
 @numba.njit(**_JIT)
-def _grad_adam(x_BI, d_BH, W_IH, m_IH, v_IH, step_size, b1, omb1, b2, omb2, inv_sqrt_bc2, eps):
+def _grad_adam(x_BI, d_BH, W_IH, m_IH, v_IH, touched_I, step_size, b1, omb1, b2, omb2, inv_sqrt_bc2, eps):
     B, I = x_BI.shape
     g_H = np.empty(W_IH.shape[1], dtype=np.float32)
     for k in range(I):
+        if not touched_I[k]:
+            for b in range(B):
+                if x_BI[b, k] != 0:
+                    touched_I[k] = True
+            if not touched_I[k]:
+                continue  # m = v = 0 and g = 0: the update would leave W, m and v exactly as they are
         g_H[:] = 0
         for b in range(B):
             if x_BI[b, k] != 0:
@@ -134,12 +143,13 @@ class SparseInputAdam:
         self.W_IH = _as_array(W_IH)
         self.m_IH = np.zeros_like(self.W_IH)
         self.v_IH = np.zeros_like(self.W_IH)
+        self.touched_I = np.zeros(self.W_IH.shape[0], dtype=np.bool_)  # rows whose pixel was non-zero in a batch so far
         self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
 
     def step(self, x_BI: torch.Tensor, d_BH: torch.Tensor) -> None:
         self.t += 1
         b1, b2 = self.betas
         f32 = np.float32
-        _grad_adam(_as_array(x_BI.contiguous()), _as_array(d_BH.contiguous()), self.W_IH, self.m_IH, self.v_IH,
+        _grad_adam(_as_array(x_BI.contiguous()), _as_array(d_BH.contiguous()), self.W_IH, self.m_IH, self.v_IH, self.touched_I,
                    f32(self.lr / (1.0 - b1 ** self.t)), f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2),
                    f32(1.0 / math.sqrt(1.0 - b2 ** self.t)), f32(self.eps))

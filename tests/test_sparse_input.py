@@ -52,6 +52,7 @@ def test_matmul_refuses_what_the_kernel_cannot_read():
 
 def test_adam_step_is_torch_adam_and_the_documented_update():
     x_BI, d_BH = _pixels(8, 30, 5), torch.randn(8, 20, generator=torch.Generator().manual_seed(6))
+    assert (x_BI == 0).all(0).any()  # some pixel zero in the whole batch: its row takes the skip
     W0_IH = torch.randn(30, 20, generator=torch.Generator().manual_seed(7))
     ours = W0_IH.clone()
     adam = sparse_input.SparseInputAdam(ours, lr=1e-2)
