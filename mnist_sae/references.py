@@ -5,6 +5,7 @@ function)."""
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,30 @@ def train_family_member(variant: str, k: int, site: SiteData, settings: FamilySe
     return sae, info
 
 
+_FORKED: dict = {}  # what train_family hands its forked workers (inherited memory, not pickled)
+
+
+def _train_forked(member: tuple[str, int]):
+    variant, k = member
+    return train_family_member(variant, k, *_FORKED["args"])
+
+
+def train_family(members: list[tuple[str, int]], site: SiteData, settings: FamilySettings, seeds: tuple[int, ...],
+                 device: str = "cpu", workers: int = 1) -> list:
+    """[(sae, info)] of train_family_member for each (variant, k), in order, trained in `workers`
+    forked processes on CPU. Each member is independent (its own seeded generators, one thread), so
+    the results do not depend on `workers`; the children inherit the parent's numerical settings
+    (threads, denormal flushing, deterministic algorithms) with its memory."""
+    if workers <= 1 or device != "cpu" or len(members) < 2:
+        return [train_family_member(variant, k, site, settings, seeds, device) for variant, k in members]
+    _FORKED["args"] = (site, settings, seeds, device)
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(members))) as pool:
+            return pool.map(_train_forked, members, chunksize=1)
+    finally:
+        _FORKED.clear()
+
+
 @dataclass(frozen=True)
 class ReferenceSettings:
     """What the reference dictionaries are fitted and scored with."""
@@ -113,7 +138,7 @@ class ReferenceSettings:
 
 def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSettings | None,
                    family: FamilySettings | None, site_is_logits: bool = True, device: str = "cpu",
-                   log=print) -> Results:
+                   workers: int = 1, log=print) -> Results:
     """Fit every reference method on train (and train the SAE family when `family` is given),
     score all on the eval split through `score`. The main SAE is not here: the compare stage adds
     its row with `add_scored`, so a new main SAE refits nothing.
@@ -122,7 +147,8 @@ def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSetti
     are fitted with seeds seed, seed + 1, ..., seed + seeds - 1 (the family's seeds trained at once
     as one stacked model); their row holds the mean over seeds and a 95% t-interval half-width per
     metric (mnist_sae.stats.aggregate_rows), their distributions are the first seed's. PCA and
-    class directions have no seed: one fit. Scoring (purity sampling, probes) always uses `seed`."""
+    class directions have no seed: one fit. Scoring (purity sampling, probes) always uses `seed`.
+    The family's members train in `workers` processes (train_family; the bits do not depend on it)."""
     res = Results([], {}, None, {})
     if probe is not None:
         res.probe_raw_acc = probe_accuracy(site.z_train_ND, site.z_eval_ND, site, probe)
@@ -137,9 +163,8 @@ def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSetti
     for (method, k), method_fits in fits.items():
         add_scored(res, method, k, method_fits, **kw)
     if family is not None:
-        for k in ks:
-            for variant in family_variants(site_is_logits):
-                sae, info = train_family_member(variant, k, site, family, seed_list, device)
-                res.family[f"{variant}@{k}"] = info
-                add_scored(res, variant, k, sae_methods(sae), **kw)
+        members = [(variant, k) for k in ks for variant in family_variants(site_is_logits)]
+        for (variant, k), (sae, info) in zip(members, train_family(members, site, family, seed_list, device, workers)):
+            res.family[f"{variant}@{k}"] = info
+            add_scored(res, variant, k, sae_methods(sae), **kw)
     return res

@@ -7,10 +7,11 @@ The k values are baselines.k plus round(sae.target_l0), so the main SAE always h
 its own sparsity. Fits on train, calibrates the family's lambdas on val, scores on baselines.eval_split; writes
 OUT_DIR/rows.json and OUT_DIR/dists/*.npy (mnist_sae.baselines.save_results). It does not read the
 main SAE: the compare stage scores that one and writes the report, so a new sae.lambda refits
-nothing here.
+nothing here. The SAE family's members (independent fits) train in one process per core.
 """
 
 import argparse
+import os
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -55,7 +56,8 @@ def main():
                                             kmeans_n_init=p.kmeans_n_init, kmeans_max_iter=p.kmeans_max_iter)
         res = references.run_references(
             site, refs, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
-            family=family if p.family else None, site_is_logits=info["site"] == "logits", device=device)
+            family=family if p.family else None, site_is_logits=info["site"] == "logits", device=device,
+            workers=len(os.sched_getaffinity(0)))  # one process per core; the bits do not depend on it
 
     # what the compare stage checks its own params against, and reports
     meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "seeds": sp.seeds,

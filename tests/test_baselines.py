@@ -256,6 +256,11 @@ def test_run_references_with_sae_family():
     # thresholds shifted to val L0 = 2 exactly; test L0 lands near it
     assert rows["sae_jumprelu"]["l0"] == pytest.approx(2.0, abs=0.5)
     assert set(res.family) == {f"{m}@2" for m in B.FAMILY}
+    # the family trained in two forked processes: the same rows and distributions, bit for bit
+    forked = Ref.run_references(site, refs, probe=None, family=family, workers=2, log=lambda *_: None)
+    assert forked.rows == res.rows and forked.family == res.family
+    for name, d in res.dists.items():
+        assert all(torch.equal(forked.dists[name][key], v) for key, v in d.items()), name
 
 
 # --- the stage on the tiny synthetic pipeline -------------------------------------------------
