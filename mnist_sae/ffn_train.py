@@ -44,8 +44,11 @@ class _Step:
         self.input_adams = [sparse_input.SparseInputAdam(W_IH, lr) for W_IH in pixel_weights]
         others = [p for p in model.parameters() if all(p is not W for W in pixel_weights)]
         self.opt = make_adam(others, lr)
+        self.ahead = None  # (x_BI, [x_BI @ W]) computed by the previous step's update pass
 
-    def __call__(self, x_BI: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_BI: torch.Tensor, labels_B: torch.Tensor, x_next_BI: torch.Tensor | None = None) -> torch.Tensor:
+        """One step on (x_BI, labels_B); x_next_BI, the next batch if known, lets the CPU path
+        compute its products inside this step's update pass."""
         model = self.model
         if not self.sparse:
             loss = F.cross_entropy(model(x_BI), labels_B)
@@ -54,13 +57,17 @@ class _Step:
             self.opt.step()
             return loss
         # the products x_BI @ W are leaves: backward stops at them and leaves d loss / d product
-        xw_BH = [sparse_input.product(x_BI, W_IH).requires_grad_(True) for W_IH in model.input_weights()]
+        if self.ahead is not None and torch.equal(self.ahead[0], x_BI):
+            xw_BH = self.ahead[1]
+        else:
+            xw_BH = [sparse_input.product(x_BI, W_IH) for W_IH in model.input_weights()]
+        xw_BH = [xw.requires_grad_(True) for xw in xw_BH]
         loss = F.cross_entropy(model.head(model.hidden_from(*xw_BH)), labels_B)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        for adam, xw in zip(self.input_adams, xw_BH):
-            adam.step(x_BI, xw.grad)
+        ahead = [adam.step(x_BI, xw.grad, x_next_BI) for adam, xw in zip(self.input_adams, xw_BH)]
+        self.ahead = None if x_next_BI is None else (x_next_BI, ahead)
         return loss
 
 
@@ -88,7 +95,9 @@ def train_ffn(model: FFN, x_NI: torch.Tensor, y_N: torch.Tensor, *, lr: float, e
                    mininterval=2.0, leave=True)
         for step in bar:
             idx_B = perm_N[step * batch_size:(step + 1) * batch_size]
-            loss = step_fn(xf_NI[idx_B], y_N[idx_B])
+            ahead = step_fn.sparse and step + 1 < steps_per_epoch  # the next batch's products come with this update
+            x_next_BI = xf_NI[perm_N[(step + 1) * batch_size:(step + 2) * batch_size]] if ahead else None
+            loss = step_fn(xf_NI[idx_B], y_N[idx_B], x_next_BI)
             loss_sum += loss.detach()
             history.steps += 1
             if on_step is not None:

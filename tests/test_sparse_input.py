@@ -97,3 +97,12 @@ def test_cpu_training_follows_the_autograd_path(kind):
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         assert not torch.equal(a, FFN(64, kind, generator=torch.Generator().manual_seed(10)).get_parameter(name))
         assert torch.allclose(a, b, atol=1e-4), name
+
+
+def test_adam_step_returns_the_next_product_of_the_updated_weight():
+    W_IH = torch.randn(784, 600, generator=torch.Generator().manual_seed(12))
+    adam = sparse_input.SparseInputAdam(W_IH, lr=1e-3)
+    x_BI, x_next_BI = _pixels(8, 784, 13), _pixels(8, 784, 14)
+    assert adam.step(x_BI, torch.randn(8, 600, generator=torch.Generator().manual_seed(15))) is None
+    ahead = adam.step(x_BI, torch.randn(8, 600, generator=torch.Generator().manual_seed(16)), x_next_BI)
+    assert torch.equal(ahead, sparse_input.product(x_next_BI, W_IH))  # W_IH as updated by this step
