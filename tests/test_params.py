@@ -166,8 +166,10 @@ def stage_command(stage: str) -> list[str]:
 
 
 def snapshot(project: Path) -> dict[str, float]:
-    """Every path under the project except .git and bytecode caches, with its mtime."""
-    return {str(p.relative_to(project)): p.stat().st_mtime_ns for p in sorted(project.rglob("*"))
+    """Every path under the project except .git and bytecode caches, with its mtime (files only: a
+    folder's mtime moves when a bytecode cache such as Numba's appears in it; a file added to or
+    removed from a folder shows as a path of its own)."""
+    return {str(p.relative_to(project)): p.stat().st_mtime_ns if p.is_file() else 0 for p in sorted(project.rglob("*"))
             if ".git" not in p.relative_to(project).parts[:1] and "__pycache__" not in p.parts}
 
 
