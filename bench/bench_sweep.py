@@ -5,8 +5,8 @@ processes, one thread each, portable kernels), on the same points, interleaved a
     python bench/bench_sweep.py [--hidden 8192 8192 1024 1024] [--steps 600] [--repeats 3]
 
 Each point is a fresh `python` process that trains the library's train_ffn for --steps steps at
-batch 8 on fake MNIST-shaped uint8 data with MNIST's share of non-zero pixels (19%; the CPU
-step's sparse-input kernels take time by the non-zero pixels), like a
+batch 8 on bench_ffn's fake MNIST (MNIST's share of non-zero pixels: the CPU step's
+sparse-input kernels take time by the non-zero pixels), like a
 stage would: interpreter start and torch import are counted. Schemes:
 - sequential-native: one process at a time, repro.portable false (no pin), torch threads = cores;
 - sequential-portable: one at a time, pinned (1 thread): the pin's own cost;
@@ -38,16 +38,16 @@ portable = sys.argv[4] == "1"
 if portable:
     from stages import _numerics  # the pin, as `python -m stages.train_ffn` does on import
     _numerics.pin(True)
-import numpy as np, torch
+import torch
 from mnist_sae.ffn import FFN
 from mnist_sae.ffn_train import train_ffn
 import os
 torch.set_num_threads(1 if portable else max(1, len(os.sched_getaffinity(0))))
 torch.set_flush_denormal(True)
 hidden, lr, steps = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-rng = np.random.default_rng(0)
-x = torch.from_numpy((rng.integers(1, 256, (steps * 8, 784)) * (rng.random((steps * 8, 784)) < 0.19)).astype(np.uint8))
-y = torch.from_numpy(rng.integers(0, 10, steps * 8, dtype=np.uint8))
+from bench.bench_ffn import fake_mnist
+x_NI, y_N = fake_mnist(steps * 8)
+x, y = torch.from_numpy(x_NI), torch.from_numpy(y_N)
 gen = torch.Generator().manual_seed(0)
 train_ffn(FFN(hidden, generator=gen), x, y, lr=lr, epochs=1, batch_size=8, generator=gen, progress=False)
 """
