@@ -2,9 +2,10 @@
 
 One loop, `train_sae`, trains G stacked SAEs (one lambda each) on the same batches: the
 calibration runs its whole lambda grid through it at once. Batches are rows of z indexed from a
-seeded permutation; Adam is fused; decoder rows are renormalized after every step. At batch 8 the
-per-step Python overhead dominates, so the step does no host synchronisation: loss terms are
-accumulated on the device and handed to `on_step` every `log_every` steps.
+seeded permutation; Adam is torch's fused kernel, called without the Optimizer wrapper
+(mnist_sae.adam); decoder rows are renormalized after every step. At batch 8 the per-step Python
+overhead dominates, so the step does no host synchronisation: loss terms are accumulated on the
+device and handed to `on_step` every `log_every` steps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from mnist_sae import metrics
+from mnist_sae.adam import FusedAdam
 from mnist_sae.sae import SAE, SAEConfig, sae_loss
 from mnist_sae.space import InputSpace
 
@@ -97,9 +99,9 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     if settings.decoder_init == "data":
         init_from_data_(sae, gather, n, gens)
     if settings.optimizer == "adamw":
-        opt = torch.optim.AdamW(sae.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+        opt = FusedAdam(sae.parameters(), settings.lr, weight_decay=settings.weight_decay, decoupled=True)
     elif settings.optimizer == "adam" and settings.weight_decay == 0:
-        opt = torch.optim.Adam(sae.parameters(), lr=settings.lr, fused=True)
+        opt = FusedAdam(sae.parameters(), settings.lr)
     else:
         raise ValueError(f"train_sae: optimizer {settings.optimizer!r} with weight_decay {settings.weight_decay}: "
                          "expected adam (weight_decay 0) or adamw")
@@ -149,10 +151,10 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
             step_coef_G = coef_G if step >= warm_steps else coef_G * ((step + 1) / warm_steps)
             terms = sae_loss(z_BD, z_hat_GBD, a_GBF, penalty_GB, step_coef_G, kl_coef=settings.kl_coef,
                              space=space, aux_hat_GBD=aux_hat_GBD, aux_coef=settings.aux_coef)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             terms["loss"].backward()
             if step >= decay_from:
-                opt.param_groups[0]["lr"] = settings.lr * (total_steps - step) / (total_steps - decay_from)
+                opt.lr = settings.lr * (total_steps - step) / (total_steps - decay_from)
             opt.step()
             sae.normalize_decoder_()
             step += 1
@@ -163,11 +165,11 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                     fired_window_GF.zero_()
             if names is None:
                 names = [k for k in terms if k != "loss"]
-                window = torch.zeros(len(names), G, device=device)
-            window += torch.stack([terms[k].detach() for k in names])
+                window = [torch.zeros(G, device=device) for _ in names]
+            torch._foreach_add_(window, [terms[k].detach() for k in names])  # one call for every term
             if step % settings.log_every == 0:
-                means = (window / settings.log_every).cpu()
-                window.zero_()
+                means = [(w / settings.log_every).cpu() for w in window]
+                torch._foreach_zero_(window)
                 if on_step is not None:
                     on_step(step, dict(zip(names, means)))
 
@@ -196,7 +198,7 @@ def init_from_data_(sae: SAE, gather, n: int, gens: list[torch.Generator]) -> No
 
 
 @torch.no_grad()
-def resample_dead_(sae: SAE, opt: torch.optim.Optimizer, dead_GF: torch.Tensor, gather, n: int,
+def resample_dead_(sae: SAE, opt: FusedAdam, dead_GF: torch.Tensor, gather, n: int,
                    gens: list[torch.Generator], n_candidates: int = 4096) -> int:
     """Resample latents that did not fire over the last window (Anthropic, "Towards
     Monosemanticity", 2023, appendix: neuron resampling): draw candidate rows, weight each by its

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as sps
+from scipy.special import stdtrit
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
@@ -22,7 +22,8 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
     mean = float(x.mean())
     if x.size < 2:
         return mean, None
-    t = float(sps.t.ppf(0.5 + confidence / 2, df=x.size - 1))
+    # Student's t quantile: scipy.stats.t.ppf's own kernel, without scipy.stats' ~0.7 s import per stage
+    t = float(stdtrit(x.size - 1, 0.5 + confidence / 2))
     return mean, t * float(x.std(ddof=1)) / math.sqrt(x.size)
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from mnist_sae.stats import seed_summary, separated, t_interval
@@ -14,6 +15,16 @@ def test_t_interval_by_hand():
     assert t_interval([5.0]) == (5.0, None)
     with pytest.raises(ValueError):
         t_interval([])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 30])
+def test_t_interval_quantile_is_scipy_stats_bit_for_bit(n):
+    # the committed intervals were computed with scipy.stats.t.ppf; stats.py calls its kernel directly
+    from scipy import stats as sps
+    values = [float(i) ** 1.5 for i in range(n)]
+    x = np.asarray(values)
+    want = float(sps.t.ppf(0.975, df=n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
+    assert t_interval(values)[1] == want
 
 
 def test_seed_summary_and_separation():
