@@ -5,12 +5,12 @@ function)."""
 
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 
 import torch
 
 from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_methods
+from mnist_sae.forked import map_forked
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
 from mnist_sae.sae import SAEConfig
@@ -99,28 +99,13 @@ def train_family_member(variant: str, k: int, site: SiteData, settings: FamilySe
     return sae, info
 
 
-_FORKED: dict = {}  # what train_family hands its forked workers (inherited memory, not pickled)
-
-
-def _train_forked(member: tuple[str, int]):
-    variant, k = member
-    return train_family_member(variant, k, *_FORKED["args"])
-
-
 def train_family(members: list[tuple[str, int]], site: SiteData, settings: FamilySettings, seeds: tuple[int, ...],
                  device: str = "cpu", workers: int = 1) -> list:
     """[(sae, info)] of train_family_member for each (variant, k), in order, trained in `workers`
-    forked processes on CPU. Each member is independent (its own seeded generators, one thread), so
-    the results do not depend on `workers`; the children inherit the parent's numerical settings
-    (threads, denormal flushing, deterministic algorithms) with its memory."""
-    if workers <= 1 or device != "cpu" or len(members) < 2:
-        return [train_family_member(variant, k, site, settings, seeds, device) for variant, k in members]
-    _FORKED["args"] = (site, settings, seeds, device)
-    try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(members))) as pool:
-            return pool.map(_train_forked, members, chunksize=1)
-    finally:
-        _FORKED.clear()
+    forked processes on CPU (mnist_sae.forked). Each member is independent (its own seeded
+    generators, one thread), so the results do not depend on `workers`."""
+    return map_forked(lambda member: train_family_member(*member, site, settings, seeds, device), members,
+                      workers if device == "cpu" else 1)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ into memory (float32).
 
 acts.per_layer (caches with a layer column): also one SAE per layer, the same recipe on that
 layer's train / val rows only (its own standardization and, where calibrated, its own lambda),
-trained one after the other: the stacked-G model of mnist_sae.sae trains its G models on the
-same batches, and these see different rows.
+trained one after the other (not as one stacked-G model: that trains its G models on the same
+batches, and these see different rows), in a second forked process while this one trains the
+all-layer SAE (mnist_sae.forked; the bits do not depend on it).
 
 The checkpoint is {"sae", "lambda", "lambda_source", "theta_shift", "mean_D", "std_D",
 "per_layer": {layer: the same keys}}.
@@ -25,6 +26,7 @@ import numpy as np
 from mnist_sae.acts import open_cache
 from mnist_sae.acts_fit import fit_cache_sae
 from mnist_sae.fit import FitPlan
+from mnist_sae.forked import cpu_workers, map_forked
 from mnist_sae.sae_train import lambda_grid
 from stages._acts_params import start_acts_stage
 from stages._common import ParamError, run, save_torch, write_json
@@ -67,14 +69,28 @@ def main():
         if n < batch:
             raise ParamError(f"acts.sae.batch_size = {s.batch_size} (calibration {c.batch_size}): {what} has only {n} "
                              f"train rows; use a smaller batch" + (" or acts.per_layer: false" if what != "the cache" else ""))
+
+    def fit_all():  # the whole cache; its curve points are recorded here and written by this process
+        logged = []
+        fit = fit_cache_sae(cache, train, val, cfg, plan, device=device, on_step=lambda *point: logged.append(point))
+        return fit, logged
+
+    def fit_layers():  # one SAE per layer, one after the other
+        return [fit_cache_sae(cache, train[cache.meta["layer"][train] == l], val[cache.meta["layer"][val] == l], cfg,
+                              plan, device=device) for l in layers]
+
+    # the two halves of the work are independent (own rows, own seeded generators): two forked
+    # processes where there are two cores, the bits the same as one after the other
+    results = map_forked(lambda job: job(), [fit_all] + ([fit_layers] if layers else []),
+                         cpu_workers() if device == "cpu" else 1)
+    (fit, logged), per_layer = results[0], (results[1] if layers else [])
     with training_curves(args.curves_dir, CURVES) as on_step:
-        fit = fit_cache_sae(cache, train, val, cfg, plan, device=device, on_step=on_step)
+        for point in logged:
+            on_step(*point)
     out = {**summary(fit), "optimizer": p.sae_opt.optimizer, "weight_decay": p.sae_opt.weight_decay, "device": device,
            "per_layer": {}}
     ckpt = {**fit.checkpoint(), "per_layer": {}}
-    for l in layers:
-        f = fit_cache_sae(cache, train[cache.meta["layer"][train] == l], val[cache.meta["layer"][val] == l], cfg, plan,
-                          device=device)
+    for l, f in zip(layers, per_layer):
         out["per_layer"][str(l)], ckpt["per_layer"][str(l)] = summary(f), f.checkpoint()
         print(f"layer {l} SAE: val L0 {f.val['l0']:.4g}, norm. MSE {f.val['mse_norm']:.4g}, "
               f"dead {f.val['dead_fraction']:.4g}")

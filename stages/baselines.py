@@ -11,7 +11,6 @@ nothing here. The SAE family's members (independent fits) train in one process p
 """
 
 import argparse
-import os
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -19,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from mnist_sae import baselines, references
 from mnist_sae.collect import load_collected, load_space
 from mnist_sae.ffn import FFN
+from mnist_sae.forked import cpu_workers
 from mnist_sae.sae_train import lambda_grid
 from stages._baselines_params import load_baselines_params, matched_ks
 from stages._common import ParamError, atomic_path, load_device, load_torch, read_params_file, run, setup_torch
@@ -57,7 +57,7 @@ def main():
         res = references.run_references(
             site, refs, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
             family=family if p.family else None, site_is_logits=info["site"] == "logits", device=device,
-            workers=len(os.sched_getaffinity(0)))  # one process per core; the bits do not depend on it
+            workers=cpu_workers())  # one process per core; the bits do not depend on it
 
     # what the compare stage checks its own params against, and reports
     meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "seeds": sp.seeds,

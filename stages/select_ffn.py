@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from mnist_sae import metrics
 from mnist_sae.ffn import FFN, apply_in_chunks
+from mnist_sae.forked import cpu_workers, map_forked
 from stages._common import (DataError, load_device, load_params, load_prepared, load_torch, read_params_file, run,
                             save_torch, setup_torch, write_json, write_text)
 from stages._ffn_params import FFNParams
@@ -42,24 +43,35 @@ def main():
 
     splits = {s: load_prepared(args.prep_dir, s) for s in ("val", "test")}
     tensors = {s: (torch.from_numpy(x), torch.from_numpy(y).long()) for s, (x, y) in splits.items()}
-    points, best, best_model = {}, None, None
-    for key in sorted(found):
+
+    def load_model(name):
+        return FFN.from_checkpoint(load_torch(Path(args.ffn_dir) / name / "model.pt")).to(device).eval()
+
+    def val_row(key):
         name, point = found[key]
         timing_file = Path(args.timing_dir) / f"{name}.json"
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
         row = {"hidden": point["hidden"], "lr": point["lr"], "diverged": point["diverged"],
                "train_seconds": timing.get("train_seconds", float("nan"))}
-        model = FFN.from_checkpoint(load_torch(Path(args.ffn_dir) / name / "model.pt")).to(device).eval()
         x_NI, labels_N = tensors["val"]
         if not point["diverged"]:
-            logits_NO = apply_in_chunks(model, x_NI.to(device)).cpu()
+            logits_NO = apply_in_chunks(load_model(name), x_NI.to(device)).cpu()
             row["val_ce"], row["val_acc"] = metrics.cross_entropy(logits_NO, labels_N), metrics.accuracy(logits_NO, labels_N)
             row["diverged"] = not math.isfinite(row["val_ce"])  # finite loss but NaN predictions counts too
+        return row
+
+    # the points' evaluations are independent: one forked process per core (the bits do not depend on it)
+    keys = sorted(found)
+    rows = map_forked(val_row, keys, cpu_workers() if device == "cpu" else 1)
+    points, best = {}, None
+    for key, row in zip(keys, rows):
+        name = found[key][0]
         if not row["diverged"] and (best is None or row["val_ce"] < points[best]["val_ce"]):
-            best, best_model = name, model
+            best = name
         points[name] = row
     if best is None:
         raise DataError(f"all {len(points)} sweep points diverged ({', '.join(points)}); lower ffn.sweep.lr")
+    best_model = load_model(best)
 
     x_NI, labels_N = tensors["test"]
     logits_NO = apply_in_chunks(best_model, x_NI.to(device)).cpu()
