@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mnist_sae.errors import DataError
+from mnist_sae.forked import map_forked
 from mnist_sae.pixels import pixels_to_float
 from mnist_sae.space import InputSpace
 
@@ -20,23 +21,28 @@ SITES = ("logits", "hidden")
 
 
 @torch.no_grad()
-def collect_site(model: FFN, x_NI: torch.Tensor, site: str, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_site(model: FFN, x_NI: torch.Tensor, site: str, chunk: int = 4096,
+                 workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(acts_ND, logits_NO): the site's activations (D = O for logits, H for hidden) and logits.
 
-    x_NI are uint8 pixels; each chunk is scaled to [0, 1] on the fly.
+    x_NI are uint8 pixels; each chunk of rows is scaled to [0, 1] on the fly. The chunks are
+    independent: with workers > 1 they are computed in forked processes (mnist_sae.forked), each
+    exactly as it would be here.
     """
     if site not in SITES:
         raise ValueError(f"site must be one of {SITES}, got {site!r}")
     if x_NI.ndim != 2 or x_NI.shape[1] != model.n_in:
         raise ValueError(f"collect_site: expected x [N, {model.n_in}], got {tuple(x_NI.shape)}")
     device = model.W_in_IH.device
-    acts, logits = [], []
-    for i in range(0, x_NI.shape[0], chunk):
+
+    @torch.no_grad()
+    def one_chunk(i):
         h_BH = model.hidden(pixels_to_float(x_NI[i:i + chunk].to(device)))
         y_BO = model.head(h_BH)
-        acts.append((h_BH if site == "hidden" else y_BO).cpu())
-        logits.append(y_BO.cpu())
-    return torch.cat(acts), torch.cat(logits)
+        return (h_BH if site == "hidden" else y_BO).cpu(), y_BO.cpu()
+
+    parts = map_forked(one_chunk, range(0, x_NI.shape[0], chunk), workers if device.type == "cpu" else 1)
+    return torch.cat([a for a, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def normalization_stats(acts_ND: np.ndarray, min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:

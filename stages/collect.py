@@ -15,6 +15,7 @@ import torch
 
 from mnist_sae.collect import SITES, collect_site, normalization_stats
 from mnist_sae.ffn import FFN
+from mnist_sae.forked import cpu_workers
 from stages._common import (POSITIVE, atomic_path, choice, load_device, load_params, load_prepared, load_torch,
                             read_params_file, run, setup_torch)
 
@@ -49,7 +50,8 @@ def main():
         tmp.mkdir()
         for split in ("train", "val", "test"):
             x_NI, labels_N = load_prepared(args.prep_dir, split)
-            acts_ND, logits_NO = collect_site(model, torch.from_numpy(x_NI), p.site, chunk=p.batch_size)
+            acts_ND, logits_NO = collect_site(model, torch.from_numpy(x_NI), p.site, chunk=p.batch_size,
+                                              workers=cpu_workers())  # the bits do not depend on it
             acts_ND = acts_ND.numpy().astype(p.dtype)
             write_npy(tmp / f"{split}_acts.npy", acts_ND)
             write_npy(tmp / f"{split}_logits.npy", logits_NO.numpy().astype(np.float32))

@@ -14,7 +14,8 @@ points at once on one thread each took 58 s, the same two one after the other wi
 point.json records the sha256 of everything its bits depend on: hidden, lr, the ffn params that
 reach training, the device, the numerical path (stages/_numerics.py), the torch version, the
 training code (this file, stages/_ffn_params.py, mnist_sae/ffn.py, mnist_sae/ffn_train.py,
-stages/_numerics.py) and the
+mnist_sae/sparse_input.py, mnist_sae/pixels.py, mnist_sae/adam.py, stages/_numerics.py), the
+Numba version and the
 train split's bytes. A point whose key matches is kept as it is; every other point is trained;
 folders of points no longer in the grid are removed, so OUT_DIR always holds exactly the grid.
 
@@ -47,7 +48,7 @@ from stages._ffn_params import FFNParams
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ["stages/train_ffn.py", "stages/_ffn_params.py", "stages/_numerics.py", "mnist_sae/ffn.py", "mnist_sae/ffn_train.py",
-        "mnist_sae/sparse_input.py", "mnist_sae/pixels.py"]
+        "mnist_sae/sparse_input.py", "mnist_sae/pixels.py", "mnist_sae/adam.py"]
 
 
 def point_name(hidden: int, lr: float) -> str:

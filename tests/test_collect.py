@@ -17,6 +17,21 @@ def test_collect_site_shapes_and_consistency():
     assert torch.equal(acts2_ND, logits2_NO) and torch.allclose(logits2_NO, logits_NO, atol=1e-6)
 
 
+def test_collect_site_in_forked_workers_is_bit_identical():
+    model = FFN(64, generator=torch.Generator().manual_seed(1))
+    x_NI = torch.randint(0, 256, (50, 784), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    x_NI[x_NI < 200] = 0  # MNIST-like: mostly zero pixels (the sparse product skips them)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stage's setting; map_forked forks only then
+    try:
+        one = collect_site(model, x_NI, "hidden", chunk=8)
+        two = collect_site(model, x_NI, "hidden", chunk=8, workers=2)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    assert not two[0].requires_grad and two[0].shape == (50, 64)
+
+
 def test_normalization_stats_leaves_constant_dims_unscaled():
     a_ND = np.array([[1.0, 0.0, 5.0], [3.0, 0.0, 5.0]], dtype=np.float32)
     mean_D, std_D = normalization_stats(a_ND)
