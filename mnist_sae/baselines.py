@@ -20,6 +20,7 @@ import torch
 
 from mnist_sae import metrics
 from mnist_sae.dictionaries import nonnegative_atoms
+from mnist_sae.forked import map_forked
 from mnist_sae.space import InputSpace
 from mnist_sae.stats import aggregate_rows
 
@@ -206,16 +207,29 @@ class Results:
 
 
 def add_scored(res: Results, method: str, k: int, fits: list[tuple], site: SiteData, *, top_n: int, seed: int,
-               probe: ProbeSettings | None, log=print) -> None:
+               probe: ProbeSettings | None, log=print, workers: int = 1) -> None:
     """`score` one method fitted once per seed (fits: [(reconstruct_fn, W_dec_FD, signed)], in seed
     order) and append one row to `res`: the mean over seeds with 95% t-interval half-widths
     (mnist_sae.stats.aggregate_rows), and the first seed's distributions."""
-    runs = [score(method, k, *fit, site, top_n=top_n, seed=seed, probe=probe) for fit in fits]
-    row = aggregate_rows([r for r, _ in runs])
-    res.rows.append(row)
-    res.dists[f"{method}@{k}"] = runs[0][1]
-    log(f"{method:18s} k={k}: L0 {row['l0']:.3f}  mse_norm {row['mse_norm']:.4f}  ce_recovered {row['ce_recovered']}"
-        f"  ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+    add_scored_all(res, [(method, k, fits)], site, top_n=top_n, seed=seed, probe=probe, log=log, workers=workers)
+
+
+def add_scored_all(res: Results, entries: list[tuple[str, int, list[tuple]]], site: SiteData, *, top_n: int,
+                   seed: int, probe: ProbeSettings | None, log=print, workers: int = 1) -> None:
+    """`add_scored` for each (method, k, fits) entry, rows appended in entry order. Every (entry,
+    seed) score is an independent job (its own seeded generator): they run in `workers` forked
+    processes (mnist_sae.forked), and the rows do not depend on `workers`."""
+    jobs = [(method, k, fit) for method, k, fits in entries for fit in fits]
+    runs = map_forked(lambda job: score(job[0], job[1], *job[2], site, top_n=top_n, seed=seed, probe=probe), jobs,
+                      workers)
+    start = 0
+    for method, k, fits in entries:
+        mine, start = runs[start:start + len(fits)], start + len(fits)
+        row = aggregate_rows([r for r, _ in mine])
+        res.rows.append(row)
+        res.dists[f"{method}@{k}"] = mine[0][1]
+        log(f"{method:18s} k={k}: L0 {row['l0']:.3f}  mse_norm {row['mse_norm']:.4f}  ce_recovered {row['ce_recovered']}"
+            f"  ({len(mine)} seed{'s' if len(mine) > 1 else ''})")
 
 
 ROWS_FILE, DISTS_DIR = "rows.json", "dists"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored, probe_accuracy, sae_methods
+from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored_all, probe_accuracy, sae_methods
 from mnist_sae.forked import map_forked
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
@@ -133,7 +133,8 @@ def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSetti
     as one stacked model); their row holds the mean over seeds and a 95% t-interval half-width per
     metric (mnist_sae.stats.aggregate_rows), their distributions are the first seed's. PCA and
     class directions have no seed: one fit. Scoring (purity sampling, probes) always uses `seed`.
-    The family's members train in `workers` processes (train_family; the bits do not depend on it)."""
+    The family's members train, and every fit is scored, in `workers` forked processes
+    (mnist_sae.forked; the bits do not depend on it)."""
     res = Results([], {}, None, {})
     if probe is not None:
         res.probe_raw_acc = probe_accuracy(site.z_train_ND, site.z_eval_ND, site, probe)
@@ -145,11 +146,12 @@ def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSetti
         for method, k, dic in reference_dictionaries(site, ks, refs.n_latents, seed=s, kmeans_n_init=refs.kmeans_n_init,
                                                      kmeans_max_iter=refs.kmeans_max_iter, seeded_only=s != seed):
             fits.setdefault((method, k), []).append((dic.reconstruct, dic.W_dec_FD, dic.signed))
-    for (method, k), method_fits in fits.items():
-        add_scored(res, method, k, method_fits, **kw)
+    entries = [(method, k, method_fits) for (method, k), method_fits in fits.items()]
     if family is not None:
         members = [(variant, k) for k in ks for variant in family_variants(site_is_logits)]
         for (variant, k), (sae, info) in zip(members, train_family(members, site, family, seed_list, device, workers)):
             res.family[f"{variant}@{k}"] = info
-            add_scored(res, variant, k, sae_methods(sae), **kw)
+            entries.append((variant, k, sae_methods(sae)))
+    # every (method, k, seed) score is its own job: one pool for all of them
+    add_scored_all(res, entries, workers=workers if device == "cpu" else 1, **kw)
     return res

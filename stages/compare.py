@@ -16,6 +16,7 @@ from mnist_sae import baselines, baselines_report as report
 from mnist_sae.collect import load_collected, load_space
 from mnist_sae.errors import DataError
 from mnist_sae.ffn import FFN
+from mnist_sae.forked import cpu_workers
 from mnist_sae.sae import SAE
 from stages._baselines_params import load_baselines_params, matched_ks
 from stages._common import atomic_path, load_device, load_torch, read_params_file, run, save_figure, setup_torch, write_json, write_text
@@ -52,7 +53,8 @@ def main():
         sae = SAE.from_checkpoint(ckpt["sae"]).eval()  # one model per seed: the row is their mean and interval
         baselines.add_scored(res, "sae_main", 0, baselines.sae_methods(sae), site,
                              top_n=p.top_n, seed=p.seed,
-                             probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed))
+                             probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
+                             workers=cpu_workers())  # the seeds scored in forked processes; the bits do not depend on it
 
     header = {"site": info["site"], "d": info["d"], "normalize": info["normalize"], "n_latents": meta["n_latents"],
               "eval_split": p.eval_split, "ks": ks, "device": meta["device"]}
