@@ -236,7 +236,10 @@ def setup_torch(seed: int) -> None:
     from stages import _numerics
 
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms(True) is this ATen flag plus torch._inductor.config's
+    # `deterministic` (for torch.compile, which no stage uses); setting that one imports the whole
+    # compiler stack, ~1.4 s at every stage's start (measured with python -X importtime)
+    torch._C._set_deterministic_algorithms(True, warn_only=False)
     torch.set_num_threads(_numerics.n_threads())
     # Adam's moments decay into denormal floats on units that stop getting gradient; flushing
     # them was measured 29 -> 9 ms/step on the 8192 FFN on one machine, and no difference on

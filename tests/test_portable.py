@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,14 @@ def test_native_hashes_differ_between_kernel_choices(pipeline_run, tmp_path):
     slow = repro_under(project, {"ATEN_CPU_CAPABILITY": "default"})
     fast = repro_under(project, {"ATEN_CPU_CAPABILITY": "avx512" if HAS_AVX512 else "avx2"})
     assert slow != fast
+
+
+def test_setup_torch_sets_deterministic_kernels_without_importing_the_compiler():
+    # setup_torch sets ATen's deterministic flag directly: torch.use_deterministic_algorithms would
+    # also import torch._inductor (~1.4 s per stage) for a torch.compile setting no stage uses
+    code = ("import sys, torch; from stages._common import setup_torch; assert not torch.are_deterministic_algorithms_enabled(); "
+            "setup_torch(0); print(torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), 'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.split() == ["True", "False", "False"]
