@@ -1,8 +1,9 @@
 """Fused Adam / AdamW for loops whose steps are tiny: torch's own kernel, called directly.
 
-At the SAE's shapes (batch 8, 32 latents) a training step costs ~0.7 ms, nearly all of it
-per-call overhead, and `torch.optim.Adam(fused=True).step()` plus `zero_grad` were ~1/5 of it
-(profiler hooks, parameter grouping, lazy state checks on every call). `FusedAdam` keeps the
+At the SAE's shapes (batch 8, 32 latents) a training step is nearly all per-call overhead, and
+`torch.optim.Adam(fused=True).step()` plus `zero_grad` were a third of it (profiler hooks,
+parameter grouping, lazy state checks on every call; bench/bench_sae_step.py: 0.98 vs 0.64 ms
+per step). `FusedAdam` keeps the
 state torch.optim.Adam would keep and makes the same two calls its fused path makes
 (`torch._foreach_add_` on the step counts, then `torch._fused_adam_` / `torch._fused_adamw_`
 with the same arguments), so the weights it produces are torch's bit for bit
