@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # the readers below need no FFN; only collect_site's signatur
 SITES = ("logits", "hidden")
 
 
-@torch.no_grad()
 def collect_site(model: FFN, x_NI: torch.Tensor, site: str, chunk: int = 4096,
                  workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(acts_ND, logits_NO): the site's activations (D = O for logits, H for hidden) and logits.
@@ -35,13 +34,13 @@ def collect_site(model: FFN, x_NI: torch.Tensor, site: str, chunk: int = 4096,
         raise ValueError(f"collect_site: expected x [N, {model.n_in}], got {tuple(x_NI.shape)}")
     device = model.W_in_IH.device
 
-    @torch.no_grad()
+    @torch.no_grad()  # here rather than on collect_site: a forked worker runs this alone
     def one_chunk(i):
         h_BH = model.hidden(pixels_to_float(x_NI[i:i + chunk].to(device)))
         y_BO = model.head(h_BH)
         return (h_BH if site == "hidden" else y_BO).cpu(), y_BO.cpu()
 
-    parts = map_forked(one_chunk, range(0, x_NI.shape[0], chunk), workers if device.type == "cpu" else 1)
+    parts = map_forked(one_chunk, range(0, x_NI.shape[0], chunk), workers)
     return torch.cat([a for a, _ in parts]), torch.cat([y for _, y in parts])
 
 

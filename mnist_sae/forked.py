@@ -35,15 +35,16 @@ def _call(i: int):
     return _JOB["fn"](_JOB["items"][i])
 
 
-def cpu_workers() -> int:
-    """The cores this process may run on (a stage's default number of workers)."""
-    return len(os.sched_getaffinity(0))
+def cpu_workers(device: str = "cpu") -> int:
+    """A stage's number of workers: the cores this process may run on, or 1 when its device is
+    not the CPU (a forked worker must not inherit a CUDA context)."""
+    return len(os.sched_getaffinity(0)) if device == "cpu" else 1
 
 
 def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
     """[fn(item) for item in items], computed in min(workers, len(items)) forked processes (in
     this process when workers <= 1, there is only one item or torch runs more than one thread).
-    fn may be a closure."""
+    fn may be a closure. The caller picks workers for CPU work (cpu_workers(device) is 1 on CUDA)."""
     items = list(items)
     if workers <= 1 or len(items) < 2 or torch.get_num_threads() != 1:
         return [fn(item) for item in items]

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from mnist_sae.baselines import FAMILY, ProbeSettings, Results, SiteData, add_scored_all, probe_accuracy, sae_methods
-from mnist_sae.forked import map_forked
 from mnist_sae.dictionaries import (Dictionary, class_directions, fit_kmeans, fit_pca, kmeans_dictionary,
                                     pca_dictionary, random_directions, topk_dictionary)
+from mnist_sae.forked import map_forked
 from mnist_sae.sae import SAEConfig
 
 
@@ -102,10 +102,9 @@ def train_family_member(variant: str, k: int, site: SiteData, settings: FamilySe
 def train_family(members: list[tuple[str, int]], site: SiteData, settings: FamilySettings, seeds: tuple[int, ...],
                  device: str = "cpu", workers: int = 1) -> list:
     """[(sae, info)] of train_family_member for each (variant, k), in order, trained in `workers`
-    forked processes on CPU (mnist_sae.forked). Each member is independent (its own seeded
+    forked processes (mnist_sae.forked; 1 unless device is the CPU: forked.cpu_workers(device)). Each member is independent (its own seeded
     generators, one thread), so the results do not depend on `workers`."""
-    return map_forked(lambda member: train_family_member(*member, site, settings, seeds, device), members,
-                      workers if device == "cpu" else 1)
+    return map_forked(lambda member: train_family_member(*member, site, settings, seeds, device), members, workers)
 
 
 @dataclass(frozen=True)
@@ -153,5 +152,5 @@ def run_references(site: SiteData, refs: ReferenceSettings, *, probe: ProbeSetti
             res.family[f"{variant}@{k}"] = info
             entries.append((variant, k, sae_methods(sae)))
     # every (method, k, seed) score is its own job: one pool for all of them
-    add_scored_all(res, entries, workers=workers if device == "cpu" else 1, **kw)
+    add_scored_all(res, entries, workers=workers, **kw)
     return res

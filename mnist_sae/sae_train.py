@@ -234,14 +234,12 @@ def resample_dead_(sae: SAE, opt: FusedAdam, dead_GF: torch.Tensor, gather, n: i
         sae.b_enc_GF[g, dead_idx] = 0.0
         if jumprelu:
             sae.log_theta_GF[g, dead_idx] = sae.log_theta_GF[g][~dead_F].mean()
-        for p in touched:
-            state = opt.state.get(p, {})
+        for p in touched:  # FusedAdam holds every parameter's moments from the start
             for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    if p is sae.W_enc_GDF:
-                        state[key][g][:, dead_idx] = 0.0
-                    else:
-                        state[key][g, dead_idx] = 0.0
+                if p is sae.W_enc_GDF:
+                    opt.state[p][key][g][:, dead_idx] = 0.0
+                else:
+                    opt.state[p][key][g, dead_idx] = 0.0
         total += n_dead
     return total
 

@@ -81,8 +81,7 @@ def main():
 
     # the two halves of the work are independent (own rows, own seeded generators): two forked
     # processes where there are two cores, the bits the same as one after the other
-    results = map_forked(lambda job: job(), [fit_all] + ([fit_layers] if layers else []),
-                         cpu_workers() if device == "cpu" else 1)
+    results = map_forked(lambda job: job(), [fit_all] + ([fit_layers] if layers else []), cpu_workers(device))
     (fit, logged), per_layer = results[0], (results[1] if layers else [])
     with training_curves(args.curves_dir, CURVES) as on_step:
         for point in logged:

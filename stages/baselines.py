@@ -57,7 +57,7 @@ def main():
         res = references.run_references(
             site, refs, probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
             family=family if p.family else None, site_is_logits=info["site"] == "logits", device=device,
-            workers=cpu_workers())  # one process per core; the bits do not depend on it
+            workers=cpu_workers(device))  # one process per core; the bits do not depend on it
 
     # what the compare stage checks its own params against, and reports
     meta = {"site": info["site"], "n_latents": sp.n_latents, "eval_split": p.eval_split, "ks": ks, "seed": p.seed, "seeds": sp.seeds,

@@ -51,7 +51,7 @@ def main():
         for split in ("train", "val", "test"):
             x_NI, labels_N = load_prepared(args.prep_dir, split)
             acts_ND, logits_NO = collect_site(model, torch.from_numpy(x_NI), p.site, chunk=p.batch_size,
-                                              workers=cpu_workers())  # the bits do not depend on it
+                                              workers=cpu_workers(device))  # the bits do not depend on it
             acts_ND = acts_ND.numpy().astype(p.dtype)
             write_npy(tmp / f"{split}_acts.npy", acts_ND)
             write_npy(tmp / f"{split}_logits.npy", logits_NO.numpy().astype(np.float32))

@@ -54,7 +54,7 @@ def main():
         baselines.add_scored(res, "sae_main", 0, baselines.sae_methods(sae), site,
                              top_n=p.top_n, seed=p.seed,
                              probe=baselines.ProbeSettings(p.probe.C, p.probe.max_iter, p.probe.n_train, p.seed),
-                             workers=cpu_workers())  # the seeds scored in forked processes; the bits do not depend on it
+                             workers=cpu_workers(device))  # the seeds scored in forked processes; the bits do not depend on it
 
     header = {"site": info["site"], "d": info["d"], "normalize": info["normalize"], "n_latents": meta["n_latents"],
               "eval_split": p.eval_split, "ks": ks, "device": meta["device"]}

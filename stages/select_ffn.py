@@ -62,7 +62,7 @@ def main():
 
     # the points' evaluations are independent: one forked process per core (the bits do not depend on it)
     keys = sorted(found)
-    rows = map_forked(val_row, keys, cpu_workers() if device == "cpu" else 1)
+    rows = map_forked(val_row, keys, cpu_workers(device))
     points, best = {}, None
     for key, row in zip(keys, rows):
         name = found[key][0]
