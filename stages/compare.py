@@ -19,7 +19,7 @@ from mnist_sae.ffn import FFN
 from mnist_sae.forked import cpu_workers
 from mnist_sae.sae import SAE
 from stages._baselines_params import load_baselines_params, matched_ks
-from stages._common import atomic_path, load_device, load_torch, read_params_file, run, save_figure, setup_torch, write_json, write_text
+from stages._common import atomic_path, load_device, load_torch, read_params_file, run, save_figures, setup_torch, write_json, write_text
 from stages._sae_params import load_sae_params
 
 
@@ -72,11 +72,13 @@ def main():
         for name, text in report.frontier_csvs(res).items():
             (tmp / name).write_text(text)
         k_hist = max(ks)
-        save_figure(tmp / "frontier.png", report.frontier_figure(res))
-        save_figure(tmp / "cosine_hist.png", report.histogram_figure(
-            res, "cos", k_hist, f"pairwise decoder cosine similarities at k = {k_hist} (dotted: Welch bound)", welch=True))
-        save_figure(tmp / "magnitude_hist.png", report.histogram_figure(
-            res, "mag", k_hist, f"non-zero activation magnitudes |a| on {p.eval_split} at k = {k_hist}"))
+        save_figures([
+            (tmp / "frontier.png", lambda: report.frontier_figure(res)),
+            (tmp / "cosine_hist.png", lambda: report.histogram_figure(
+                res, "cos", k_hist, f"pairwise decoder cosine similarities at k = {k_hist} (dotted: Welch bound)", welch=True)),
+            (tmp / "magnitude_hist.png", lambda: report.histogram_figure(
+                res, "mag", k_hist, f"non-zero activation magnitudes |a| on {p.eval_split} at k = {k_hist}")),
+        ], cpu_workers(device))  # drawn in forked processes
 
 
 if __name__ == "__main__":

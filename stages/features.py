@@ -13,9 +13,10 @@ import numpy as np
 from mnist_sae import feature_plots, features
 from mnist_sae.collect import load_space, open_split
 from mnist_sae.ffn import FFN
+from mnist_sae.forked import cpu_workers
 from mnist_sae.sae import SAE
 from stages._common import (DataError, POSITIVE, atomic_path, choice, load_device, load_params, load_prepared,
-                            load_torch, read_params_file, run, save_figure, setup_torch, write_json,
+                            load_torch, read_params_file, run, save_figures, setup_torch, write_json,
                             write_text)
 
 
@@ -58,11 +59,11 @@ def main():
 
     with atomic_path(args.plots_dir) as out:
         out.mkdir()
-        for r in records:
-            images_KI = x_NI[[ex["index"] for ex in r["top_n"]]]
-            save_figure(out / f"latent_{r['latent']:04d}.png", feature_plots.latent_figure(r, images_KI))
         title = f"{info['site']} site, {p.split} split: label share when active, {len(records)} live of {sae.cfg.n_latents}"
-        save_figure(out / "overview.png", feature_plots.overview_figure(records, title))
+        figures = [(out / f"latent_{r['latent']:04d}.png",
+                    lambda r=r: feature_plots.latent_figure(r, x_NI[[ex["index"] for ex in r["top_n"]]])) for r in records]
+        figures.append((out / "overview.png", lambda: feature_plots.overview_figure(records, title)))
+        save_figures(figures, cpu_workers(device))  # drawn in forked processes
 
 
 if __name__ == "__main__":

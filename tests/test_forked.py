@@ -61,3 +61,29 @@ def test_map_forked_reraises_a_workers_error():
 def test_map_forked_stays_in_process_when_torch_runs_threads():
     torch.set_num_threads(2)  # OpenMP's team does not survive a fork: the jobs run here
     assert [pid for pid in map_forked(lambda i: os.getpid(), range(3), workers=2)] == [os.getpid()] * 3
+
+
+def test_save_figures_png_bytes_do_not_depend_on_workers(tmp_path):
+    """stages._common.save_figures draws each figure in a forked worker: the same PNG bytes as
+    drawn one after the other in this process, every file written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages._common import save_figures
+
+    def figure(seed):
+        values = torch.randn(500, generator=torch.Generator().manual_seed(seed)).numpy()
+        fig, axes = plt.subplots(1, 2, figsize=(4, 2))
+        axes[0].hist(values, bins=20)
+        axes[1].plot(values[:50], "o-")
+        fig.tight_layout()
+        return fig
+
+    for workers in (1, 2):
+        (tmp_path / str(workers)).mkdir()
+        save_figures([(tmp_path / str(workers) / f"{s}.png", lambda s=s: figure(s)) for s in range(3)], workers)
+    for s in range(3):
+        assert (tmp_path / "2" / f"{s}.png").read_bytes() == (tmp_path / "1" / f"{s}.png").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "2").iterdir()) == ["0.png", "1.png", "2.png"]

@@ -9,6 +9,7 @@ same settings must give other hashes, so this test can fail.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 from ruamel.yaml import YAML
 
 from stages._numerics import PORTABLE_ENV
-from tests.conftest import clone_run, env, set_params
+from tests.conftest import ROOT, clone_run, env, set_params
 
 # every stage up to train_sae: MKL GEMMs, ATen's elementwise and reduction kernels, fused Adam,
 # the SAE calibration grid
@@ -80,3 +81,27 @@ def test_setup_torch_sets_deterministic_kernels_without_importing_the_compiler()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_stage_ends_without_teardown_and_loses_no_output(tmp_path):
+    """stages._common.run ends a finished stage with os._exit(0) (README, The 10-minute study): what
+    it printed (buffered, through a pipe) still arrives, its stage time is recorded, and the exit
+    status is 0; a ParamError still exits 2 with its one line."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import sys\n"
+        "from stages._common import ParamError, run\n"
+        "def main():\n"
+        "    print('lambda 0.12')\n"  # through a pipe stdout is block-buffered: only the flush before os._exit writes it
+        "    sys.stderr.write('done\\n')\n"
+        "    if sys.argv[1] == 'bad':\n"
+        "        raise ParamError('sae.lambda: must be > 0')\n"
+        "run(main)\n")
+    (tmp_path / ".dvc").mkdir()
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([sys.executable, str(script), "ok"], cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "lambda 0.12\n" and ok.stderr == "done\n"
+    records = (tmp_path / ".dvc/tmp/stage_times.jsonl").read_text().splitlines()
+    assert len(records) == 1 and '"stage": "stage"' in records[0]
+    bad = subprocess.run([sys.executable, str(script), "bad"], cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.endswith("error: sae.lambda: must be > 0\n")
