@@ -34,51 +34,15 @@ computed in float32 as K sampled dot products per row.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_sae.settings import ARCHS, STES, SAEConfig  # noqa: F401  (defined without torch: check_params reads them)
 from mnist_sae.space import InputSpace
-
-ARCHS = ("jumprelu", "relu", "topk")
-STES = ("sigmoid", "rectangle")
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    arch: str = "jumprelu"  # jumprelu | relu | topk
-    d_in: int = 10  # D, width of the SAE's input site
-    n_latents: int = 32  # F
-    ste: str = "sigmoid"  # jumprelu gate gradient: sigmoid surrogate | rectangle pseudo-derivative
-    tau: float = 0.1  # sigmoid surrogate temperature (ste sigmoid)
-    bandwidth: float = 0.05  # rectangle kernel width epsilon (ste rectangle)
-    theta_init: float = 0.1  # initial JumpReLU threshold of every latent
-    k: int = 1  # topk: active latents per example
-    aux_k: int = 8  # topk: dead latents that reconstruct the residual in AuxK
-
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"SAEConfig.arch = {self.arch!r}: expected one of {ARCHS}")
-        if self.ste not in STES:
-            raise ValueError(f"SAEConfig.ste = {self.ste!r}: expected one of {STES}")
-        if self.d_in < 1 or self.n_latents < 1:
-            raise ValueError(f"SAEConfig: d_in and n_latents must be >= 1, got {self.d_in}, {self.n_latents}")
-        if not (self.tau > 0 and self.bandwidth > 0 and self.theta_init > 0):
-            raise ValueError("SAEConfig: tau, bandwidth and theta_init must be > 0")
-        if not (1 <= self.k <= self.n_latents and 1 <= self.aux_k <= self.n_latents):
-            raise ValueError(f"SAEConfig: need 1 <= k, aux_k <= n_latents = {self.n_latents}, got k {self.k}, aux_k {self.aux_k}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
-        return cls(**d)
 
 
 # --- JumpReLU gradients -----------------------------------------------------------------------

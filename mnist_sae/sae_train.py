@@ -19,30 +19,8 @@ import torch
 from mnist_sae import metrics
 from mnist_sae.adam import FusedAdam
 from mnist_sae.sae import SAE, SAEConfig, sae_loss
+from mnist_sae.settings import DECODER_INITS, TrainSettings, lambda_grid  # noqa: F401  (defined without torch)
 from mnist_sae.space import InputSpace
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    lr: float = 1e-3  # Adam learning rate
-    epochs: int = 5  # passes over z
-    batch_size: int = 8
-    kl_coef: float = 0.0  # weight of KL(softmax(y) || softmax(y_hat)), logit site only
-    aux_coef: float = 1 / 32  # topk: weight of the AuxK loss (Gao et al. 2024)
-    dead_steps: int = 1000  # topk: a latent that has not fired for this many steps is dead (AuxK)
-    lr_decay: float = 0.0  # share of the run's last steps over which the learning rate decays linearly to 0
-    log_every: int = 100  # steps between on_step calls
-    decoder_init: str = "random"  # random (unit directions) | data (centred training rows, see init_from_data_)
-    resample_every: int = 0  # every this many steps, latents that did not fire in them are resampled (0 = never)
-    sparsity_warmup: float = 0.0  # share of the first steps over which the sparsity coefficient ramps linearly from 0
-    optimizer: str = "adam"  # adam | adamw (decoupled weight decay, Loshchilov & Hutter 2019), both fused
-    weight_decay: float = 0.0  # adamw only
-    # topk only: decode and backpropagate through the k active latents alone (SAE.sparse_forward);
-    # the same numbers to float32 rounding, not bit for bit, so off by default (checkpoints keep their bits)
-    sparse_topk: bool = False
-    # sparse_topk only: choose the k latents from a bfloat16 encoder matmul (fast where the CPU has
-    # AMX / AVX-512 BF16), then compute their pre-activations exactly in float32 (SAE.topk_select)
-    select_bf16: bool = False
 
 
 def _check_z(z_ND: torch.Tensor, d: int, what: str) -> None:
@@ -174,9 +152,6 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                     on_step(step, dict(zip(names, means)))
 
 
-DECODER_INITS = ("random", "data")
-
-
 @torch.no_grad()
 def init_from_data_(sae: SAE, gather, n: int, gens: list[torch.Generator]) -> None:
     """Decoder rows <- (z_i - b_dec) / ||z_i - b_dec|| for F training rows i drawn without
@@ -291,13 +266,6 @@ class Calibration:
     l0: float  # its mean val L0
     points: list[tuple[float, float, str]]  # (lambda, val L0, "grid" | "refine"), in order tried
     bracketed: bool  # the target lay between two grid L0s (else the grid edge was taken)
-
-
-def lambda_grid(lambda_min: float, lambda_max: float, num: int) -> list[float]:
-    """Geometric grid: lambda_min * (lambda_max / lambda_min)^(i / (num - 1)), i = 0..num-1."""
-    if num == 1:
-        return [float(lambda_min)]
-    return [float(v) for v in np.geomspace(lambda_min, lambda_max, num)]
 
 
 def train_grid(cfg: SAEConfig, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, lambdas: list[float],

@@ -18,9 +18,6 @@ directions); b_dec starts at the train mean.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
@@ -30,39 +27,15 @@ from mnist_sae.metrics import core_metrics
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
 from mnist_sae.fit import FitPlan, fit_sae
 from mnist_sae.sae_train import TrainSettings
+from mnist_sae.settings import BASELINES, SAE_VARIANTS, BenchSettings  # noqa: F401  (defined without torch)
 from mnist_sae.truth import truth_scores
 
-SAE_VARIANTS = ("sae_jumprelu_sigmoid", "sae_jumprelu_rectangle", "sae_relu", "sae_topk")
-BASELINES = ("pca", "kmeans", "random")
 # baselines the headline compares with: those with as many atoms as the SAEs. PCA has only L0
 # atoms, so its MCC averages over L0 matched pairs, not min(F, T): on the 512/256 toy it scored
 # MCC 0.91 while recovering none of the features, and would have "won" the headline
 HEADLINE_BASELINES = ("kmeans", "random")
 METHODS = SAE_VARIANTS + BASELINES
 METRICS = ("mcc", "mmcs", "f1", "precision", "recall", "recovered", "uniqueness", "l0")
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    n_latents: int  # F of every SAE, k-means and random dictionary
-    lr: float
-    epochs: int
-    batch_size: int
-    lambdas: tuple[float, ...]  # ascending calibration grid (jumprelu L0 and relu L1 share it)
-    refine: int  # bisection steps after the grid
-    tau: float  # jumprelu sigmoid surrogate temperature
-    bandwidth: float  # jumprelu rectangle kernel width
-    theta_init: float
-    aux_k: int  # topk AuxK
-    aux_coef: float
-    dead_steps: int
-    lr_decay: float
-    shift_thresholds: bool  # jumprelu: one global threshold shift so that val L0 = k exactly
-    kmeans_n_init: int
-    kmeans_max_iter: int
-    recovered_cosine: float  # matched |cos| at or above which a true feature counts as recovered
-    archs: Sequence[str] = SAE_VARIANTS  # the SAE variants fitted (a subset of SAE_VARIANTS)
-    baselines: Sequence[str] = BASELINES  # the dictionaries fitted (a subset of BASELINES)
 
 
 def fit_variant(variant: str, k: int, z_train_ND: torch.Tensor, z_val_ND: torch.Tensor, s: BenchSettings, seed: int,

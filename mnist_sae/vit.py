@@ -29,26 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnist_sae.pixels import pixels_to_float
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    patch: int = 7  # patch side in pixels (28 must be a multiple)
-    d_model: int = 64  # D, residual width
-    n_layers: int = 2  # L
-    n_heads: int = 4  # A (d_model must be a multiple)
-    d_mlp: int = 128  # H
-    n_classes: int = 10  # O
-    image: int = 28  # image side
-
-    def __post_init__(self):
-        if self.image % self.patch or self.d_model % self.n_heads or min(dataclasses.astuple(self)) < 1:
-            raise ValueError(f"ViTConfig: need image % patch == 0, d_model % n_heads == 0 and all >= 1, got {self}")
-
-    @property
-    def n_tokens(self) -> int:
-        """S = patches + the class token."""
-        return (self.image // self.patch) ** 2 + 1
+from mnist_sae.settings import ViTConfig, ViTSettings  # noqa: F401  (defined without torch)
 
 
 def _layer_norm(r_BSD: torch.Tensor, g_D: torch.Tensor, b_D: torch.Tensor) -> torch.Tensor:
@@ -141,15 +122,6 @@ class ViT(nn.Module):
 
 
 # --- training -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ViTSettings:
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3  # AdamW peak learning rate
-    weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    warmup: float = 0.05  # share of steps with a linear warmup; the rest decays linearly to 0
 
 
 @dataclass

@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from mnist_sae.acts import ALLOWED_SOURCE, parse_source
-from mnist_sae.sae_train import TrainSettings
-from mnist_sae.vit import ViTConfig, ViTSettings
+from mnist_sae.settings import TrainSettings, ViTConfig, ViTSettings
 from stages._common import (NON_NEGATIVE, POSITIVE, ParamError, choice, load_device, load_params, read_params_file,
                             rule, setup_torch)
 from stages._sae_params import SAEParams, check_moved

@@ -159,14 +159,21 @@ def load_params(cls, section: str, raw: dict | None = None, *, partial: bool = F
     return _parse(cls, node, section)
 
 
-def load_device(raw: dict | None = None) -> str:
-    """Top-level `device: auto | cpu | cuda`, resolved to "cpu" or "cuda"."""
-    raw = read_params_file() if raw is None else raw
+def check_device(raw: dict) -> str:
+    """Top-level `device: auto | cpu | cuda`, checked without torch (check_params); load_device
+    resolves it."""
     if "device" not in raw:
         raise ParamError(f"device: missing from {PARAMS_FILE}; allowed auto, cpu, cuda")
     value = raw["device"]
     if value not in ("auto", "cpu", "cuda"):
         raise ParamError(f"device = {value!r}: allowed one of 'auto', 'cpu', 'cuda'")
+    return value
+
+
+def load_device(raw: dict | None = None) -> str:
+    """Top-level `device: auto | cpu | cuda`, resolved to "cpu" or "cuda" (cuda where none is
+    available: an error naming the key)."""
+    value = check_device(read_params_file() if raw is None else raw)
     import torch
 
     if value == "cuda" and not torch.cuda.is_available():

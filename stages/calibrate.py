@@ -14,7 +14,7 @@ import math
 
 from mnist_sae.sae_train import calibrate, lambda_grid
 from stages._common import atomic_path, run, write_json
-from stages._sae_params import start_sae_stage
+from stages._sae_stage import start_sae_stage
 
 
 def main():

@@ -8,24 +8,16 @@ dtype) so downstream stages open it with mmap_mode="r".
 
 import argparse
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mnist_sae.collect import SITES, collect_site, normalization_stats
+from mnist_sae.collect import collect_site, normalization_stats
 from mnist_sae.ffn import FFN
 from mnist_sae.forked import cpu_workers
-from stages._common import (POSITIVE, atomic_path, choice, load_device, load_params, load_prepared, load_torch,
-                            read_params_file, run, setup_torch)
-
-
-@dataclass(frozen=True)
-class CollectParams:
-    site: str = field(metadata=choice(*SITES))  # what the SAE reads: the FFN's logits or hidden activations
-    dtype: str = field(metadata=choice("float32", "float16"))  # storage of acts (float16 halves hidden-site disk)
-    normalize: bool  # SAE input z = (y - train mean) / train std per dimension
-    batch_size: int = field(metadata=POSITIVE)  # rows per forward chunk (memory only; results identical)
+from stages._common import (atomic_path, load_device, load_params, load_prepared, load_torch, read_params_file, run,
+                            setup_torch)
+from stages._params import CollectParams
 
 
 def write_npy(path, arr: np.ndarray) -> None:

@@ -17,15 +17,9 @@ from mnist_sae.ffn import FFN
 from mnist_sae.metrics import calibration_error
 from mnist_sae.sae import SAE
 from mnist_sae.stats import seed_summary
-from stages._common import (POSITIVE, load_device, load_params, load_torch, read_params_file, rule, run,
-                            save_figure, setup_torch, write_json, write_text)
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    # a latent is dense when active on more than this share of a split's examples
-    dense_threshold: float = field(metadata=rule(lambda v: 0 <= v < 1, "a number in [0, 1)"))
-    hist_bins: int = field(metadata=POSITIVE)  # bins of the per-example MSE histogram (log10-spaced)
+from stages._common import (POSITIVE, load_device, load_params, load_torch, read_params_file, run, save_figure,
+                            setup_torch, write_json, write_text)
+from stages._params import EvaluateParams
 
 
 @dataclass(frozen=True)

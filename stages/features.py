@@ -6,7 +6,6 @@ input pattern, a one-line hypothesis) -> a JSON report, a metrics summary and on
 
 import argparse
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,15 +14,9 @@ from mnist_sae.collect import load_space, open_split
 from mnist_sae.ffn import FFN
 from mnist_sae.forked import cpu_workers
 from mnist_sae.sae import SAE
-from stages._common import (DataError, POSITIVE, atomic_path, choice, load_device, load_params, load_prepared,
-                            load_torch, read_params_file, run, save_figures, setup_torch, write_json,
-                            write_text)
-
-
-@dataclass(frozen=True)
-class FeaturesParams:
-    split: str = field(metadata=choice("train", "val", "test"))  # examples for firing stats, top-k and input patterns
-    top_n: int = field(metadata=POSITIVE)  # top activating examples per latent (pictures, input-pattern average)
+from stages._common import (DataError, atomic_path, load_device, load_params, load_prepared, load_torch,
+                            read_params_file, run, save_figures, setup_torch, write_json, write_text)
+from stages._params import FeaturesParams
 
 
 def main():

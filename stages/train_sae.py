@@ -15,7 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from mnist_sae import metrics
 from mnist_sae.errors import DataError
@@ -25,7 +24,7 @@ from mnist_sae.fit import FitPlan, fit_sae
 from mnist_sae.stats import seed_summary
 from stages._common import run, save_torch, write_json
 from stages._curves import training_curves
-from stages._sae_params import start_sae_stage
+from stages._sae_stage import start_sae_stage
 
 CURVES = ("mse", "l0", "total", "sparsity", "kl", "aux")  # loss terms logged when present
 

@@ -273,3 +273,25 @@ def test_float_in_exponent_form_is_a_number(project):
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
+
+
+def test_check_params_validates_every_section_without_importing_torch():
+    """check_params reruns on every `dvc exp run -S ...`: it imports only torch-free modules
+    (mnist_sae/settings.py, stages/_params.py; importing torch was ~2-3 s of its ~3 s). The
+    committed params.yaml passes, and a bad value still stops it."""
+    code = ("import sys\n"
+            "from stages.check_params import check\n"
+            "from stages._common import ParamError, read_params_file\n"
+            "raw = read_params_file()\n"
+            "check(raw)\n"
+            "bad = {**raw, 'features': {**raw['features'], 'split': 'tets'}}\n"
+            "try:\n"
+            "    check(bad)\n"
+            "except ParamError as e:\n"
+            "    print(e)\n"
+            "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    error, torch_loaded = proc.stdout.strip().splitlines()
+    assert "features.split" in error and "tets" in error, error
+    assert torch_loaded == "False"
