@@ -12,11 +12,12 @@ import torch
 from mnist_sae.errors import DataError
 from mnist_sae.forked import map_forked
 from mnist_sae.pixels import pixels_to_float
-from mnist_sae.settings import SITES  # noqa: F401  (defined without torch)
+from mnist_sae.settings import SITES
 from mnist_sae.space import InputSpace
 
 if TYPE_CHECKING:  # the readers below need no FFN; only collect_site's signature names it
     from mnist_sae.ffn import FFN
+
 
 def collect_site(model: FFN, x_NI: torch.Tensor, site: str, chunk: int = 4096,
                  workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

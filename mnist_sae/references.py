@@ -102,8 +102,9 @@ def train_family_member(variant: str, k: int, site: SiteData, settings: FamilySe
 def train_family(members: list[tuple[str, int]], site: SiteData, settings: FamilySettings, seeds: tuple[int, ...],
                  device: str = "cpu", workers: int = 1) -> list:
     """[(sae, info)] of train_family_member for each (variant, k), in order, trained in `workers`
-    forked processes (mnist_sae.forked; 1 unless device is the CPU: forked.cpu_workers(device)). Each member is independent (its own seeded
-    generators, one thread), so the results do not depend on `workers`."""
+    forked processes (mnist_sae.forked; forked.cpu_workers(device) is 1 off the CPU). Each member
+    is independent (its own seeded generators, one thread), so the results do not depend on
+    `workers`."""
     return map_forked(lambda member: train_family_member(*member, site, settings, seeds, device), members, workers)
 
 

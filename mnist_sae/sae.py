@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_sae.settings import ARCHS, STES, SAEConfig  # noqa: F401  (defined without torch: check_params reads them)
+from mnist_sae.settings import SAEConfig
 from mnist_sae.space import InputSpace
 
 

@@ -19,7 +19,7 @@ import torch
 from mnist_sae import metrics
 from mnist_sae.adam import FusedAdam
 from mnist_sae.sae import SAE, SAEConfig, sae_loss
-from mnist_sae.settings import DECODER_INITS, TrainSettings, lambda_grid  # noqa: F401  (defined without torch)
+from mnist_sae.settings import DECODER_INITS, TrainSettings, lambda_grid  # noqa: F401  (lambda_grid: its importers' name)
 from mnist_sae.space import InputSpace
 
 

@@ -27,7 +27,7 @@ from mnist_sae.metrics import core_metrics
 from mnist_sae.sae import SAE, SAEConfig, reconstruct
 from mnist_sae.fit import FitPlan, fit_sae
 from mnist_sae.sae_train import TrainSettings
-from mnist_sae.settings import BASELINES, SAE_VARIANTS, BenchSettings  # noqa: F401  (defined without torch)
+from mnist_sae.settings import BASELINES, SAE_VARIANTS, BenchSettings
 from mnist_sae.truth import truth_scores
 
 # baselines the headline compares with: those with as many atoms as the SAEs. PCA has only L0

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnist_sae.pixels import pixels_to_float
-from mnist_sae.settings import ViTConfig, ViTSettings  # noqa: F401  (defined without torch)
+from mnist_sae.settings import ViTConfig, ViTSettings
 
 
 def _layer_norm(r_BSD: torch.Tensor, g_D: torch.Tensor, b_D: torch.Tensor) -> torch.Tensor:

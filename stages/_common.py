@@ -332,7 +332,7 @@ def save_figures(figures, workers: int) -> None:
     depend on `workers`."""
     from mnist_sae.forked import map_forked
 
-    map_forked(lambda job: save_figure(job[0], job[1]()), list(figures), workers)
+    map_forked(lambda job: save_figure(job[0], job[1]()), figures, workers)
 
 
 def load_prepared(prep_dir, split: str):
