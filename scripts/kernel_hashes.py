@@ -38,9 +38,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from mnist_sae import sparse_input  # noqa: E402
+from mnist_sae import sae_kernel, sparse_input  # noqa: E402
 from mnist_sae.ffn import FFN  # noqa: E402
 from mnist_sae.ffn_train import make_adam, train_ffn  # noqa: E402
+from mnist_sae.space import InputSpace  # noqa: E402
 from mnist_sae.vit import ViT, ViTConfig, train_vit, ViTSettings  # noqa: E402
 
 
@@ -92,6 +93,10 @@ def kernels() -> dict:
         "sae_baddbmm": lambda: with_grads(lambda b, z, w: torch.baddbmm(b, z, w),
                                          ints(3, 1, 32), ints(3, 8, 10, salt=1), ints(3, 10, 32, salt=2)),
         "sae_sigmoid_exp": lambda: with_grads(lambda u: torch.sigmoid(u / 0.1) + u.exp(), ints(3, 8, 32)),
+        # the SAE loop of our own (Numba) that train_sae and calibrate run at batch 8 on CPU
+        "sae_kernel_jumprelu_sigmoid_kl": lambda: _sae_kernel_train("jumprelu", "sigmoid", 1.0),
+        "sae_kernel_jumprelu_rectangle": lambda: _sae_kernel_train("jumprelu", "rectangle", 0.0),
+        "sae_kernel_relu": lambda: _sae_kernel_train("relu", "sigmoid", 0.0),
         "sae_topk_scatter": lambda: with_grads(
             lambda u: torch.zeros_like(u).scatter(-1, u.topk(16, dim=-1).indices, F.relu(u.topk(16, dim=-1).values)),
             ints(256, 512)),
@@ -162,6 +167,21 @@ def _sparse_adam_steps():
     for s in range(3):
         adam.step(pixels(8, salt=s + 1).float() / 255, ints(8, 8192, salt=s + 1) * 1e-2)
     return [W_IH, torch.from_numpy(adam.m_IH), torch.from_numpy(adam.v_IH)]
+
+
+def _sae_kernel_train(arch: str, ste: str, kl_coef: float):
+    """200 steps of mnist_sae.sae_kernel on 3 stacked models at the MNIST SAE's shapes (batch 8,
+    10 inputs, 32 latents), every input from integers: the weights and the logged loss terms."""
+    params = {"W_enc_GDF": ints(3, 10, 32), "W_dec_GFD": ints(3, 32, 10, salt=1), "b_enc_GF": ints(3, 32, salt=2) * 0.1,
+              "b_dec_GD": ints(3, 10, salt=3) * 0.1}
+    if arch == "jumprelu":
+        params["log_theta_GF"] = ints(3, 32, salt=4) - 2.0
+    idx_GSB = ((np.arange(3 * 200 * 8) * 7919) % 1000).reshape(3, 200, 8)
+    space = InputSpace(ints(10, salt=6), ints(10, salt=7) + 1.0, True)
+    out = sae_kernel.train(params, ints(1000, 10, salt=5) * 4, idx_GSB, ints(3, salt=8) + 0.6, arch=arch, ste=ste,
+                           width=0.1, kl_coef=kl_coef, space=space, lr=1e-2, decay_from=150, warm_steps=20,
+                           weight_decay=0.0, log_every=50)
+    return list(params.values()) + [out]
 
 
 def _ffn_train():
