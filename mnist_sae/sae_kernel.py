@@ -1,10 +1,11 @@
 """The SAE training loop on CPU as one compiled kernel: every step of every stacked model in one call.
 
 At the MNIST SAE's shapes (batch 8, 10 inputs, 32 latents, 3 seeds stacked) a training step is
-~30k multiply-adds, and torch spent ~0.8 ms on it: ~70 ATen calls, autograd's graph and the fused
+~30k multiply-adds, and torch spent ~0.74 ms on it: ~70 ATen calls, autograd's graph and the fused
 Adam call, each costing more than its arithmetic (README, "The sparse autoencoder"). This module
 writes the step out, forward, backward and Adam, and runs all the steps of `train_sae` inside one
-Numba function, so a step costs its arithmetic (~50 us here instead of ~800).
+Numba function, so a step costs its arithmetic (~0.044 ms; bench/bench_sae_step.py). Its first
+call in a checkout compiles it (~10 s, cached in __pycache__ after that).
 
 `sae_train.train_sae` uses it on CPU, in float32, for the archs jumprelu (both gate gradients) and
 relu, with or without the KL term, at batch sizes up to 32 (where torch's per-call overhead is

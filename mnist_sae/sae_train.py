@@ -5,7 +5,9 @@ calibration runs its whole lambda grid through it at once. Batches are rows of z
 seeded permutation; Adam is torch's fused kernel, called without the Optimizer wrapper
 (mnist_sae.adam); decoder rows are renormalized after every step. At batch 8 the per-step Python
 overhead dominates, so the step does no host synchronisation: loss terms are accumulated on the
-device and handed to `on_step` every `log_every` steps.
+device and handed to `on_step` every `log_every` steps. On CPU at batch <= 32 (the train_sae stage,
+calibration) the same loop runs as one compiled kernel instead (mnist_sae.sae_kernel: the same
+training to float32 rounding, ~16x faster per step).
 """
 
 from __future__ import annotations
