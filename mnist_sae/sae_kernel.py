@@ -186,9 +186,9 @@ def _train(z_ND, idx_GSB, W_enc_GDF, W_dec_GFD, b_enc_GF, b_dec_GD, log_theta_GF
         step_size = f32(lr / (1.0 - b1 ** t))
         inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - b2 ** t))
         decay = f32(1.0 - lr * weight_decay)
-        ramp = f32(1.0) if s >= warm_steps else f32((s + 1) / warm_steps)
+        ramp = f32(1.0) if s >= warm_steps else f32((s + 1) / warm_steps)  # sparsity warm-up
         for g in range(G):
-            coef = coef_G[g] if s >= warm_steps else coef_G[g] * ramp
+            coef = coef_G[g] * ramp
             for b in range(B):
                 z_BD[b] = z_ND[idx_GSB[g, s, b]]
             if jump:
@@ -361,7 +361,7 @@ def train(params: dict[str, torch.Tensor], z_ND: torch.Tensor, idx_GSB: np.ndarr
     _train(np.ascontiguousarray(z_ND.numpy(), dtype=f32), np.ascontiguousarray(idx_GSB, dtype=np.int64),
            *(arrays[k] for k in order), *(m for k in order for m in moments[k]),
            coef_G.numpy().astype(f32), ARCH_CODES[arch], STE_CODES[ste], f32(width), float(kl_coef),
-           np.ascontiguousarray(mean_D), np.ascontiguousarray(std_D), bool(normalize), float(lr), int(decay_from),
+           mean_D, std_D, bool(normalize), float(lr), int(decay_from),
            int(warm_steps), float(weight_decay), float(betas[0]), float(betas[1]), f32(eps), int(log_every), out_TGW)
     with torch.no_grad():
         for k, p in params.items():

@@ -102,7 +102,8 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
         kernel = sae_kernel.supported(cfg.arch, device, sae.W_dec_GFD.dtype, batch_size=bs, streamed=batch_source is not None,
                                       resample_every=settings.resample_every, sparse_topk=settings.sparse_topk)
     if kernel:
-        _train_in_kernel(sae, z_ND, coef_G, settings, generator, space, steps_per_epoch, decay_from, warm_steps, on_step)
+        _train_in_kernel(sae, z_ND, coef_G, settings, generator, per_model, space, steps_per_epoch, decay_from,
+                         warm_steps, on_step)
         return
     if settings.optimizer == "adamw":
         opt = FusedAdam(sae.parameters(), settings.lr, weight_decay=settings.weight_decay, decoupled=True)
@@ -112,10 +113,7 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
     idle_GF = torch.zeros(G, cfg.n_latents, dtype=torch.long, device=device)  # steps since last fire
     names, window, step = None, None, 0
     for _ in range(settings.epochs):
-        if per_model:  # perm_GN: one permutation per model; z_BD is then [G, B, D]
-            perm_N = torch.stack([torch.randperm(n, generator=g) for g in generator]).to(device)
-        else:
-            perm_N = torch.randperm(n, generator=generator).to(device)
+        perm_N = _epoch_order(n, generator, per_model).to(device)  # [G, N] per model: z_BD is then [G, B, D]
         for i in range(steps_per_epoch):
             z_BD = gather(perm_N[..., i * bs:(i + 1) * bs])
             if settings.sparse_topk:  # a_GBF is then a_GBK: the k active latents of each row
@@ -163,19 +161,24 @@ def train_sae(sae: SAE, z_ND: torch.Tensor, sparsity_coef_G, settings: TrainSett
                     on_step(step, dict(zip(names, means)))
 
 
+def _epoch_order(n: int, generator, per_model: bool) -> torch.Tensor:
+    """One epoch's row order: [G, n], a permutation from each model's generator, or [n], one
+    permutation every model shares (one generator)."""
+    if per_model:
+        return torch.stack([torch.randperm(n, generator=g) for g in generator])
+    return torch.randperm(n, generator=generator)
+
+
 def _train_in_kernel(sae: SAE, z_ND: torch.Tensor, coef_G: torch.Tensor, settings: TrainSettings, generator,
-                     space: InputSpace | None, steps_per_epoch: int, decay_from: int, warm_steps: int, on_step) -> None:
-    """train_sae's loop in mnist_sae.sae_kernel: the same batches (each epoch's permutations drawn
-    from the same generators in the same order), all steps in one call, then on_step per window."""
+                     per_model: bool, space: InputSpace | None, steps_per_epoch: int, decay_from: int,
+                     warm_steps: int, on_step) -> None:
+    """train_sae's loop in mnist_sae.sae_kernel: the same batches (each epoch's `_epoch_order`,
+    drawn in the same order), all steps in one call, then on_step per window."""
     G, bs = sae.n_models, settings.batch_size
     n = z_ND.shape[0]
-    per_model = isinstance(generator, (list, tuple))
     epochs = []
     for _ in range(settings.epochs):
-        if per_model:
-            perm_GN = torch.stack([torch.randperm(n, generator=g) for g in generator])
-        else:
-            perm_GN = torch.randperm(n, generator=generator).expand(G, n)
+        perm_GN = _epoch_order(n, generator, per_model).expand(G, n)
         epochs.append(perm_GN[:, :steps_per_epoch * bs].reshape(G, steps_per_epoch, bs))
     cfg = sae.cfg
     params = {"W_enc_GDF": sae.W_enc_GDF, "W_dec_GFD": sae.W_dec_GFD, "b_enc_GF": sae.b_enc_GF, "b_dec_GD": sae.b_dec_GD}
